@@ -1,0 +1,163 @@
+"""Build redis-py clients from settings and translate their errors.
+
+This is the one place that knows redis-py's exception classes: everything
+above it sees only ``redis_events.exceptions``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import urlsplit
+
+from redis import exceptions as redis_errors
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
+
+from redis_events.exceptions import (
+    ConfigurationError,
+    PermissionDeniedError,
+    RedisEventsError,
+    RedisUnavailableError,
+)
+
+if TYPE_CHECKING:
+    from redis_events.config import Settings
+
+__all__ = [
+    "RETRYABLE_ERRORS",
+    "Backoff",
+    "create_client",
+    "translate_error",
+]
+
+logger = logging.getLogger(__name__)
+
+# Errors after which the same command may succeed on a new connection. An
+# AuthenticationError is a ConnectionError in redis-py but never heals by
+# itself, so it is checked first wherever these are caught.
+RETRYABLE_ERRORS: Final = (
+    redis_errors.ConnectionError,
+    redis_errors.TimeoutError,
+    OSError,
+)
+_PERMANENT_ERRORS: Final = (
+    redis_errors.AuthenticationError,
+    redis_errors.AuthorizationError,
+)
+
+# One in-process fakeredis server per memory:// URL host, shared by every
+# client of that URL in the process: this is the embedded mode's "server".
+_memory_servers: dict[str, Any] = {}
+
+
+def create_client(settings: Settings, *, role: str) -> Redis:
+    """Return a client for ``settings.redis_url`` named ``<client_name>-<role>``.
+
+    The client never retries on its own (redis-py's retry is switched off):
+    the publisher and the subscriber own their retry policies, so that every
+    retry is counted and logged.
+
+    Raises:
+        ConfigurationError: The URL cannot be used.
+    """
+    name = f"{settings.client_name}-{role}"
+    if settings.scheme == "memory":
+        return _memory_client(settings, name)
+
+    options: dict[str, Any] = {
+        "client_name": name,
+        "socket_connect_timeout": settings.socket_connect_timeout,
+        "socket_timeout": settings.socket_timeout,
+        "retry": Retry(NoBackoff(), 0),
+        "protocol": settings.protocol,
+        "max_connections": settings.max_connections,
+        # Wait for a free connection this long rather than failing at once
+        # with "Too many connections" when every pooled one is busy.
+        "timeout": settings.socket_timeout,
+    }
+    if settings.scheme == "rediss":
+        options.update(settings.ssl_options())
+
+    try:
+        pool = BlockingConnectionPool.from_url(settings.redis_url, **options)
+    except (ValueError, TypeError) as exc:
+        msg = f"cannot use Redis URL {settings.masked_url}: {exc}"
+        raise ConfigurationError(msg) from None
+
+    return Redis.from_pool(pool)
+
+
+def _memory_client(settings: Settings, name: str) -> Redis:
+    # Imported here so that fakeredis is loaded only by memory:// users.
+    import fakeredis
+
+    key = urlsplit(settings.redis_url).netloc or "default"
+    server = _memory_servers.get(key)
+    if server is None:
+        server = _memory_servers[key] = fakeredis.FakeServer()
+
+    client: Redis = fakeredis.FakeAsyncRedis(server=server, client_name=name)
+    return client
+
+
+def translate_error(
+    exc: BaseException,
+    *,
+    operation: str,
+    settings: Settings,
+    topic: str | None = None,
+) -> RedisEventsError:
+    """Return the library error that stands for a redis-py error.
+
+    The message names the operation, the topic and the masked address; it
+    never contains a payload or a password.
+    """
+    where = f" on topic {topic!r}" if topic is not None else ""
+    address = settings.masked_url
+    kind = type(exc).__name__
+    if isinstance(exc, redis_errors.NoPermissionError):
+        return PermissionDeniedError(
+            f"{operation}{where} was refused by Redis at {address}: the user "
+            f"lacks the ACL right for it ({kind}); grant it or use another user"
+        )
+
+    if isinstance(exc, _PERMANENT_ERRORS):
+        return PermissionDeniedError(
+            f"Redis at {address} refused the credentials while running "
+            f"{operation}{where} ({kind}); check the username and password"
+        )
+
+    if isinstance(exc, RETRYABLE_ERRORS):
+        return RedisUnavailableError(
+            f"{operation}{where} failed: Redis at {address} is unavailable "
+            f"({kind}: {exc})"
+        )
+
+    return RedisEventsError(f"{operation}{where} failed at {address} ({kind}: {exc})")
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Tell whether ``exc`` may heal on a new connection."""
+    return isinstance(exc, RETRYABLE_ERRORS) and not isinstance(exc, _PERMANENT_ERRORS)
+
+
+class Backoff:
+    """Capped exponential backoff with full jitter, reset after a success."""
+
+    def __init__(self, *, base: float, cap: float) -> None:
+        self._policy = ExponentialWithJitterBackoff(cap=cap, base=base)
+        self._base = base
+        self.failures = 0
+
+    def next_delay(self) -> float:
+        """Count a failure and return how long to wait before the next try."""
+        self.failures += 1
+        # Full jitter may pick a delay near zero; a floor of half the base
+        # keeps a dead server from being hammered.
+        return max(self._base / 2, self._policy.compute(self.failures))
+
+    def reset(self) -> None:
+        """Forget past failures after a success."""
+        self.failures = 0

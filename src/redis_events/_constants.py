@@ -1,0 +1,36 @@
+"""Names and tunable defaults that more than one module needs.
+
+Topic names are part of the wire contract with the original design; changing
+one breaks existing publishers and consumers.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+KEY_SUBMISSION_TOPIC: Final = "key_submission"
+PROFILE_EVENTS_TOPIC: Final = "profile_events"
+PROCESSING_RESULTS_TOPIC: Final = "processing_results"
+DEFAULT_PROCESSOR_TOPICS: Final = (
+    KEY_SUBMISSION_TOPIC,
+    PROFILE_EVENTS_TOPIC,
+    PROCESSING_RESULTS_TOPIC,
+)
+
+DEFAULT_REDIS_URL: Final = "redis://localhost:6379/0"
+DEFAULT_CLIENT_NAME: Final = "redis-events"
+
+# Topic names are Redis channel names; these limits keep them printable and
+# loggable. Redis itself accepts any binary string.
+MAX_TOPIC_LENGTH: Final = 256
+
+DEFAULT_MAX_EVENT_BYTES: Final = 1024 * 1024
+DEFAULT_MAX_CONCURRENCY: Final = 64
+DEFAULT_MAX_CONNECTIONS: Final = 32
+DEFAULT_SOCKET_CONNECT_TIMEOUT: Final = 5.0
+DEFAULT_SOCKET_TIMEOUT: Final = 5.0
+DEFAULT_HEALTH_CHECK_INTERVAL: Final = 10.0
+DEFAULT_PUBLISH_RETRY_TIMEOUT: Final = 5.0
+DEFAULT_RECONNECT_BACKOFF_BASE: Final = 0.25
+DEFAULT_RECONNECT_BACKOFF_CAP: Final = 5.0
+DEFAULT_SHUTDOWN_TIMEOUT: Final = 10.0

@@ -1,0 +1,330 @@
+"""The pub/sub transport: PUBLISH on one side, a self-healing PubSub reader on
+the other.
+
+Pub/sub is at-most-once: Redis drops a message for which no client is
+subscribed at that moment, and cuts a subscriber that falls behind by more
+than its output-buffer limit. The reader here restores every channel and
+pattern after a lost connection, but it cannot bring back what was published
+while it was away.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from redis import RedisError
+
+from redis_events._connection import RETRYABLE_ERRORS, Backoff, translate_error
+from redis_events.exceptions import RedisEventsError, RedisUnavailableError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from redis.asyncio import Redis
+    from redis.asyncio.client import PubSub
+
+    from redis_events.config import Settings
+    from redis_events.dispatcher import Stats
+
+__all__ = ["Frame", "PubSubReader"]
+
+logger = logging.getLogger(__name__)
+
+_MESSAGE_TYPES = frozenset({"message", "pmessage"})
+_CONFIRM_TYPES = frozenset({"subscribe", "psubscribe"})
+
+
+class HealthCheckFailedError(Exception):
+    """An idle PING got no answer in time: the server is frozen or gone."""
+
+
+@dataclass(slots=True, frozen=True)
+class Frame:
+    """One message as Redis sent it to this connection."""
+
+    channel: str
+    pattern: str | None
+    data: bytes
+
+
+class PubSubReader:
+    """Keep one PubSub connection subscribed to a set of channels and patterns.
+
+    ``receive()`` returns the next message. When the connection is lost, or an
+    idle PING is not answered within ``health_check_interval``, it reconnects
+    with capped exponential backoff and jitter, and subscribes again to every
+    channel and pattern before it reads on.
+    """
+
+    def __init__(self, client: Redis, settings: Settings, stats: Stats) -> None:
+        self._client = client
+        self._settings = settings
+        self._stats = stats
+        self._channels: set[str] = set()
+        self._patterns: set[str] = set()
+        self._pubsub: PubSub | None = None
+        self._changed = anyio.Event()
+        self._confirmations: dict[tuple[str, str], anyio.Event] = {}
+        self._ping_outstanding = False
+        self._was_connected = False
+        self._backoff = Backoff(
+            base=settings.reconnect_backoff_base, cap=settings.reconnect_backoff_cap
+        )
+
+    @property
+    def connected(self) -> bool:
+        """Tell whether the reader holds a subscribed connection now."""
+        return self._pubsub is not None
+
+    @property
+    def channels(self) -> frozenset[str]:
+        """The channels this reader keeps subscribed."""
+        return frozenset(self._channels)
+
+    @property
+    def patterns(self) -> frozenset[str]:
+        """The patterns this reader keeps subscribed."""
+        return frozenset(self._patterns)
+
+    async def subscribe(
+        self, channels: Iterable[str] = (), patterns: Iterable[str] = ()
+    ) -> None:
+        """Add channels and patterns, and wait until Redis confirms them.
+
+        Raises:
+            RedisUnavailableError: Redis did not confirm in time; the
+                subscription stays registered and is restored on reconnect.
+        """
+        new_channels = [ch for ch in channels if ch not in self._channels]
+        new_patterns = [p for p in patterns if p not in self._patterns]
+        if not new_channels and not new_patterns:
+            return
+
+        self._channels.update(new_channels)
+        self._patterns.update(new_patterns)
+        self._wake()
+        pubsub = self._pubsub
+        if pubsub is None:
+            return
+
+        waits = [self._expect("subscribe", ch) for ch in new_channels]
+        waits += [self._expect("psubscribe", p) for p in new_patterns]
+        try:
+            with anyio.fail_after(self._settings.socket_timeout):
+                if new_channels:
+                    await pubsub.subscribe(*new_channels)
+
+                if new_patterns:
+                    await pubsub.psubscribe(*new_patterns)
+
+                for event in waits:
+                    await event.wait()
+        except (TimeoutError, *RETRYABLE_ERRORS) as exc:
+            raise RedisUnavailableError(
+                "subscription not confirmed by Redis at "
+                f"{self._settings.masked_url} ({type(exc).__name__}); it stays "
+                "registered and is restored when the connection comes back"
+            ) from exc
+
+    async def unsubscribe(
+        self, channels: Iterable[str] = (), patterns: Iterable[str] = ()
+    ) -> None:
+        """Remove channels and patterns; unknown names are ignored."""
+        gone_channels = [ch for ch in channels if ch in self._channels]
+        gone_patterns = [p for p in patterns if p in self._patterns]
+        self._channels.difference_update(gone_channels)
+        self._patterns.difference_update(gone_patterns)
+        pubsub = self._pubsub
+        if pubsub is None:
+            return
+
+        try:
+            if gone_channels:
+                await pubsub.unsubscribe(*gone_channels)
+
+            if gone_patterns:
+                await pubsub.punsubscribe(*gone_patterns)
+        except RETRYABLE_ERRORS as exc:
+            # The reader notices the broken connection too and reconnects
+            # with the smaller set, so nothing is left subscribed.
+            logger.debug("Unsubscribe not sent (%s)", type(exc).__name__)
+
+    async def connect(self) -> None:
+        """Open the connection once and subscribe, without retrying.
+
+        Raises:
+            RedisUnavailableError: Redis cannot be reached.
+            PermissionDeniedError: The user may not subscribe.
+        """
+        if self._pubsub is None:
+            await self._open()
+
+    async def receive(self) -> Frame:
+        """Return the next message, reconnecting as often as needed.
+
+        Note:
+            Waits without limit while nothing is subscribed. Cancelling the
+            caller is safe at any point; the connection is kept.
+        """
+        while True:
+            if not self._channels and not self._patterns:
+                self._changed = anyio.Event()
+                await self._changed.wait()
+                continue
+
+            if self._pubsub is None:
+                await self._reconnect()
+                continue
+
+            try:
+                frame = await self._read(self._pubsub)
+            except (HealthCheckFailedError, *RETRYABLE_ERRORS) as exc:
+                await self._lose(exc)
+                continue
+
+            if frame is not None:
+                return frame
+
+    async def aclose(self) -> None:
+        """Unsubscribe everything and give the connection back."""
+        self._channels.clear()
+        self._patterns.clear()
+        await self._drop()
+
+    async def _read(self, pubsub: PubSub) -> Frame | None:
+        # Half the interval per wait: one silent wait sends a PING, a second
+        # silent wait proves the server is gone, within one interval.
+        wait = self._settings.health_check_interval / 2
+        message: dict[str, Any] | None = await pubsub.get_message(timeout=wait)
+        if message is None:
+            if self._ping_outstanding:
+                msg = "no reply to PING within the health-check interval"
+                raise HealthCheckFailedError(msg)
+
+            self._ping_outstanding = True
+            await pubsub.ping()
+            return None
+
+        self._ping_outstanding = False
+        kind = message["type"]
+        if kind in _MESSAGE_TYPES:
+            pattern = message["pattern"]
+            return Frame(
+                channel=_text(message["channel"]),
+                pattern=_text(pattern) if pattern is not None else None,
+                data=message["data"],
+            )
+
+        if kind in _CONFIRM_TYPES:
+            event = self._confirmations.pop((kind, _text(message["channel"])), None)
+            if event is not None:
+                event.set()
+
+        return None
+
+    async def _open(self) -> None:
+        pubsub = self._client.pubsub()
+        try:
+            with anyio.fail_after(
+                self._settings.socket_connect_timeout + self._settings.socket_timeout
+            ):
+                await pubsub.connect()  # type: ignore[no-untyped-call]  # untyped upstream
+                if self._channels:
+                    await pubsub.subscribe(*self._channels)
+
+                if self._patterns:
+                    await pubsub.psubscribe(*self._patterns)
+        except BaseException as exc:
+            with anyio.CancelScope(shield=True):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped upstream
+
+            # The built-in TimeoutError from fail_after is an OSError too.
+            if isinstance(exc, RedisError | OSError):
+                raise translate_error(
+                    exc, operation="SUBSCRIBE", settings=self._settings
+                ) from exc
+
+            raise
+
+        self._pubsub = pubsub
+        self._ping_outstanding = False
+        if self._was_connected:
+            self._stats.reconnects += 1
+            logger.info(
+                "Reconnected to Redis at %s; restored %d channels and %d patterns",
+                self._settings.masked_url,
+                len(self._channels),
+                len(self._patterns),
+            )
+        else:
+            logger.info(
+                "Subscribed at %s to %d channels and %d patterns",
+                self._settings.masked_url,
+                len(self._channels),
+                len(self._patterns),
+            )
+
+        self._was_connected = True
+        self._backoff.reset()
+
+    async def _reconnect(self) -> None:
+        while True:
+            self._stats.reconnect_attempts += 1
+            try:
+                await self._open()
+            except RedisEventsError as exc:
+                delay = self._backoff.next_delay()
+                # An ACL or password problem may be fixed by an operator
+                # while we wait, so it is retried too, but said loudly.
+                level = (
+                    logging.DEBUG
+                    if isinstance(exc, RedisUnavailableError)
+                    else logging.ERROR
+                )
+                logger.log(
+                    level,
+                    "Reconnect attempt %d failed (%s); next in %.2f s",
+                    self._backoff.failures,
+                    exc,
+                    delay,
+                )
+                await anyio.sleep(delay)
+            else:
+                return
+
+    async def _lose(self, exc: BaseException) -> None:
+        logger.warning(
+            "Lost the subscriber connection to Redis at %s (%s: %s); reconnecting",
+            self._settings.masked_url,
+            type(exc).__name__,
+            exc,
+        )
+        await self._drop()
+
+    async def _drop(self) -> None:
+        pubsub, self._pubsub = self._pubsub, None
+        for event in self._confirmations.values():
+            event.set()
+
+        self._confirmations.clear()
+        if pubsub is not None:
+            with anyio.CancelScope(shield=True):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped upstream
+
+    def _expect(self, kind: str, name: str) -> anyio.Event:
+        event = anyio.Event()
+        self._confirmations[(kind, name)] = event
+        return event
+
+    def _wake(self) -> None:
+        self._changed.set()
+
+
+def _text(value: bytes | str) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+
+    return value

@@ -1,0 +1,214 @@
+"""Turn events into bytes and back, per topic.
+
+An ``EventRegistry`` maps topic names to pydantic models. Decoding checks the
+size limit first and then validates the JSON with pydantic's compiled parser;
+it never uses pickle, ``eval`` or any loader that can run code. A topic with
+no model decodes to a plain ``dict``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, TypeAlias
+
+from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic_core import PydanticSerializationError, to_json
+
+from redis_events import _constants as c
+from redis_events.events import (
+    REVEAL_SECRETS,
+    KeySubmitted,
+    ProfileEvent,
+    ResultEvent,
+    new_event_id,
+    utc_now,
+)
+from redis_events.exceptions import (
+    ConfigurationError,
+    EventDecodeError,
+    EventEncodeError,
+    EventTooLargeError,
+)
+
+__all__ = ["DecodedEvent", "EventRegistry", "validate_topic"]
+
+DecodedEvent: TypeAlias = BaseModel | dict[str, Any]
+
+_PLAIN_OBJECT: TypeAdapter[dict[str, Any]] = TypeAdapter(dict[str, Any])
+_REVEAL = {REVEAL_SECRETS: True}
+_MAX_REASONS = 3
+
+
+def validate_topic(topic: str) -> str:
+    """Return ``topic`` if it is a usable topic name.
+
+    Raises:
+        ConfigurationError: The name is empty, too long, or contains
+            whitespace or control characters.
+    """
+    if not isinstance(topic, str) or not topic:
+        msg = "a topic name must be a non-empty string"
+        raise ConfigurationError(msg)
+
+    if len(topic) > c.MAX_TOPIC_LENGTH:
+        msg = f"a topic name may have at most {c.MAX_TOPIC_LENGTH} characters"
+        raise ConfigurationError(msg)
+
+    if not topic.isprintable() or any(ch.isspace() for ch in topic):
+        msg = f"topic name {topic!r} contains whitespace or control characters"
+        raise ConfigurationError(msg)
+
+    return topic
+
+
+class EventRegistry:
+    """Models per topic, plus encoding and decoding with a size limit.
+
+    A new registry knows the original design's topics: ``key_submission``
+    (``KeySubmitted``), ``profile_events`` (the three profile events, told
+    apart by ``event_type``) and ``processing_results`` (``KeyProcessed`` and
+    ``ProfileProcessed``).
+    """
+
+    def __init__(
+        self,
+        *,
+        max_event_bytes: int = c.DEFAULT_MAX_EVENT_BYTES,
+        include_defaults: bool = True,
+    ) -> None:
+        self.max_event_bytes = max_event_bytes
+        self._adapters: dict[str, TypeAdapter[Any]] = {}
+        if include_defaults:
+            self.register(c.KEY_SUBMISSION_TOPIC, KeySubmitted)
+            self.register(c.PROFILE_EVENTS_TOPIC, ProfileEvent)
+            self.register(c.PROCESSING_RESULTS_TOPIC, ResultEvent)
+
+    def register(self, topic: str, model: Any) -> None:
+        """Validate events on ``topic`` with ``model``.
+
+        ``model`` is a pydantic model class, or any type pydantic can
+        validate, such as an ``Annotated`` union with a discriminator.
+        Registering a topic again replaces its model.
+
+        Raises:
+            ConfigurationError: The topic name is not usable.
+        """
+        self._adapters[validate_topic(topic)] = TypeAdapter(model)
+
+    def topics(self) -> list[str]:
+        """Return the topics that have a model, sorted."""
+        return sorted(self._adapters)
+
+    def copy(self) -> EventRegistry:
+        """Return an independent registry with the same models and limit."""
+        other = EventRegistry(
+            max_event_bytes=self.max_event_bytes, include_defaults=False
+        )
+        other._adapters = dict(self._adapters)
+        return other
+
+    def decode(self, topic: str, data: bytes | str) -> DecodedEvent:
+        """Return the event in ``data``, validated by ``topic``'s model.
+
+        Raises:
+            EventTooLargeError: ``data`` is above ``max_event_bytes``.
+            EventDecodeError: ``data`` is not JSON, not an object, or does
+                not fit the model. The reason never quotes the input.
+        """
+        if len(data) > self.max_event_bytes:
+            reason = f"{len(data)} bytes is above the limit of {self.max_event_bytes}"
+            raise EventTooLargeError(reason, topic=topic)
+
+        adapter = self._adapters.get(topic, _PLAIN_OBJECT)
+        try:
+            value = adapter.validate_json(data)
+        except ValidationError as exc:
+            raise EventDecodeError(_describe(exc), topic=topic) from None
+
+        if not isinstance(value, BaseModel | dict):
+            # A user model may be any type; only objects are events.
+            raise EventDecodeError("an event must be a JSON object", topic=topic)
+
+        return value
+
+    def encode(self, topic: str, event: BaseModel | Mapping[str, Any]) -> bytes:
+        """Return the JSON bytes to publish ``event`` on ``topic``.
+
+        A mapping is validated by the topic's model when there is one; a
+        mapping for a topic without a model gets an ``event_id`` and a
+        ``timestamp`` when it has none.
+
+        Raises:
+            EventEncodeError: The event cannot be serialized or does not fit
+                the topic's model.
+            EventTooLargeError: The encoded event is above the limit.
+        """
+        if isinstance(event, BaseModel):
+            data = self._dump(topic, event)
+        elif isinstance(event, Mapping):
+            data = self._encode_mapping(topic, event)
+        else:
+            reason = (
+                f"expected a pydantic model or a mapping, got {type(event).__name__}"
+            )
+            raise EventEncodeError(reason, topic=topic)
+
+        if len(data) > self.max_event_bytes:
+            reason = f"{len(data)} bytes is above the limit of {self.max_event_bytes}"
+            raise EventTooLargeError(reason, topic=topic)
+
+        return data
+
+    def _encode_mapping(self, topic: str, event: Mapping[str, Any]) -> bytes:
+        adapter = self._adapters.get(topic)
+        if adapter is None:
+            body = dict(event)
+            body.setdefault("event_id", new_event_id())
+            body.setdefault("timestamp", utc_now().isoformat())
+            try:
+                return to_json(body, inf_nan_mode="strings")
+            except PydanticSerializationError as exc:
+                reason = f"not JSON-serializable ({_first_line(exc)})"
+                raise EventEncodeError(reason, topic=topic) from None
+
+        try:
+            model = adapter.validate_python(dict(event))
+        except ValidationError as exc:
+            raise EventEncodeError(_describe(exc), topic=topic) from None
+
+        if isinstance(model, BaseModel):
+            return self._dump(topic, model)
+
+        return self._encode_mapping_plain(topic, model)
+
+    def _encode_mapping_plain(self, topic: str, value: Any) -> bytes:
+        try:
+            return to_json(value, inf_nan_mode="strings")
+        except PydanticSerializationError as exc:
+            reason = f"not JSON-serializable ({_first_line(exc)})"
+            raise EventEncodeError(reason, topic=topic) from None
+
+    @staticmethod
+    def _dump(topic: str, model: BaseModel) -> bytes:
+        try:
+            return model.__pydantic_serializer__.to_json(model, context=_REVEAL)
+        except PydanticSerializationError as exc:
+            reason = f"not JSON-serializable ({_first_line(exc)})"
+            raise EventEncodeError(reason, topic=topic) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    errors = exc.errors(include_url=False, include_input=False, include_context=False)
+    parts = []
+    for error in errors[:_MAX_REASONS]:
+        location = ".".join(str(p) for p in error["loc"])
+        parts.append(f"{location}: {error['msg']}" if location else error["msg"])
+
+    if len(errors) > _MAX_REASONS:
+        parts.append(f"and {len(errors) - _MAX_REASONS} more")
+
+    return "; ".join(parts)
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__

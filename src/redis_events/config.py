@@ -1,0 +1,226 @@
+"""Settings: one object, from arguments or the environment.
+
+Every option can be given as a keyword argument or as an environment
+variable named ``REDIS_EVENTS_<OPTION>``; the Redis URL may also come from the
+conventional ``REDIS_URL``. Arguments win over the environment, and nothing
+else in the library reads the environment.
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import Annotated, Any, Literal
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from redis_events import _constants as c
+from redis_events.exceptions import ConfigurationError
+
+__all__ = ["Settings", "mask_url"]
+
+SUPPORTED_SCHEMES = frozenset({"redis", "rediss", "unix", "memory"})
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+
+class Settings(BaseSettings):
+    """Connection and runtime options shared by publishers and subscribers.
+
+    Note:
+        ``repr()`` and ``str()`` show the URL with its password masked, and
+        validation errors never echo the rejected value.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="REDIS_EVENTS_",
+        extra="ignore",
+        frozen=True,
+        populate_by_name=True,
+        hide_input_in_errors=True,
+    )
+
+    redis_url: str = Field(
+        default=c.DEFAULT_REDIS_URL,
+        validation_alias=AliasChoices(
+            "redis_url", "REDIS_EVENTS_REDIS_URL", "REDIS_URL"
+        ),
+        repr=False,
+        description="redis://, rediss://, unix:// or memory:// URL.",
+    )
+    client_name: str = Field(
+        default=c.DEFAULT_CLIENT_NAME,
+        pattern=r"^[!-~]{1,64}$",
+        description="Prefix of the CLIENT SETNAME of every connection.",
+    )
+    socket_connect_timeout: PositiveFloat = c.DEFAULT_SOCKET_CONNECT_TIMEOUT
+    socket_timeout: PositiveFloat = Field(
+        default=c.DEFAULT_SOCKET_TIMEOUT,
+        description="Read timeout of request/reply commands (not of waits).",
+    )
+    health_check_interval: PositiveFloat = Field(
+        default=c.DEFAULT_HEALTH_CHECK_INTERVAL,
+        description="An idle subscriber PINGs after half of this and gives "
+        "the connection up when no reply came within it.",
+    )
+    max_connections: int = Field(default=c.DEFAULT_MAX_CONNECTIONS, ge=1)
+    protocol: Literal[2, 3] = Field(
+        default=2, description="RESP version spoken to Redis."
+    )
+    publish_retry_timeout: float = Field(
+        default=c.DEFAULT_PUBLISH_RETRY_TIMEOUT,
+        ge=0,
+        description="How long a publish keeps retrying a lost connection.",
+    )
+    reconnect_backoff_base: PositiveFloat = c.DEFAULT_RECONNECT_BACKOFF_BASE
+    reconnect_backoff_cap: PositiveFloat = c.DEFAULT_RECONNECT_BACKOFF_CAP
+    max_concurrency: int = Field(default=c.DEFAULT_MAX_CONCURRENCY, ge=1)
+    handler_timeout: float = Field(
+        default=60.0, ge=0, description="Seconds per handler call; 0 = no limit."
+    )
+    shutdown_timeout: float = Field(default=c.DEFAULT_SHUTDOWN_TIMEOUT, ge=0)
+    max_event_bytes: int = Field(default=c.DEFAULT_MAX_EVENT_BYTES, ge=64)
+    ssl_ca_certs: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    ssl_cert_reqs: Literal["required", "optional", "none"] = "required"
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        scheme = urlsplit(value).scheme
+        if scheme not in SUPPORTED_SCHEMES:
+            supported = ", ".join(f"{s}://" for s in sorted(SUPPORTED_SCHEMES))
+            msg = f"unsupported Redis URL scheme {scheme!r}; use one of {supported}"
+            raise ValueError(msg)
+
+        return value
+
+    @property
+    def masked_url(self) -> str:
+        """The Redis URL with any password replaced by ``***``."""
+        return mask_url(self.redis_url)
+
+    @property
+    def scheme(self) -> str:
+        """The URL scheme, which selects the kind of connection."""
+        return urlsplit(self.redis_url).scheme
+
+    def ssl_options(self) -> dict[str, Any]:
+        """Return the redis-py keyword arguments for a ``rediss://`` URL."""
+        reqs = {
+            "required": ssl.CERT_REQUIRED,
+            "optional": ssl.CERT_OPTIONAL,
+            "none": ssl.CERT_NONE,
+        }[self.ssl_cert_reqs]
+        options: dict[str, Any] = {"ssl_cert_reqs": reqs}
+        if self.ssl_ca_certs:
+            options["ssl_ca_certs"] = self.ssl_ca_certs
+
+        if self.ssl_certfile:
+            options["ssl_certfile"] = self.ssl_certfile
+
+        if self.ssl_keyfile:
+            options["ssl_keyfile"] = self.ssl_keyfile
+
+        return options
+
+    def __repr_args__(self) -> Any:
+        yield "redis_url", self.masked_url
+        yield from super().__repr_args__()
+
+    @classmethod
+    def from_arguments(
+        cls,
+        redis_url: str | None = None,
+        *,
+        host: str | None = None,
+        port: int | None = None,
+        db: int | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        settings: Settings | None = None,
+        **options: Any,
+    ) -> Settings:
+        """Build settings from a URL, the original keyword form, or both.
+
+        ``host``/``port``/``db``/``username``/``password`` are the keyword
+        form of the original design (``EventPublisher(host=..., port=...)``)
+        and build a ``redis://`` URL. Options left out come from ``settings``
+        when given, else from the environment.
+
+        Raises:
+            ConfigurationError: The URL and the keyword form were both given,
+                or a value is not valid.
+        """
+        keyword_form = any(v is not None for v in (host, port, db, username, password))
+        if redis_url is not None and keyword_form:
+            msg = "give either redis_url or host/port/db/username/password, not both"
+            raise ConfigurationError(msg)
+
+        if keyword_form:
+            redis_url = _url_from_parts(host, port, db, username, password)
+
+        if redis_url is not None:
+            options["redis_url"] = redis_url
+
+        try:
+            if settings is not None:
+                merged = settings.model_dump() | options
+                return cls.model_validate(merged)
+
+            return cls(**options)
+        except ValueError as exc:
+            raise ConfigurationError(_describe_validation_error(exc)) from None
+
+
+def mask_url(url: str) -> str:
+    """Return ``url`` with its password, if any, replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+
+    user = quote(parts.username or "", safe="")
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+
+    netloc = f"{user}:***@{host}"
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _url_from_parts(
+    host: str | None,
+    port: int | None,
+    db: int | None,
+    username: str | None,
+    password: str | None,
+) -> str:
+    auth = ""
+    if password is not None:
+        auth = f"{quote(username or '', safe='')}:{quote(password, safe='')}@"
+    elif username is not None:
+        auth = f"{quote(username, safe='')}@"
+
+    host = host or "localhost"
+    if ":" in host:
+        host = f"[{host}]"
+
+    return f"redis://{auth}{host}:{port or 6379}/{db or 0}"
+
+
+def _describe_validation_error(exc: ValueError) -> str:
+    errors = getattr(exc, "errors", None)
+    if errors is None:
+        return "invalid settings"
+
+    parts = []
+    for error in errors(include_url=False, include_input=False):
+        field = ".".join(str(p) for p in error["loc"]) or "settings"
+        parts.append(f"{field}: {error['msg']}")
+
+    return "invalid settings: " + "; ".join(parts)

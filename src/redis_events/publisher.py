@@ -1,0 +1,295 @@
+"""Publish events: one at a time, or many in one pipelined round trip."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from typing import TYPE_CHECKING, Any, Self, TypeVar
+
+import anyio
+from redis import RedisError
+
+from redis_events import _constants as c
+from redis_events._connection import (
+    Backoff,
+    create_client,
+    is_retryable,
+    translate_error,
+)
+from redis_events.codec import EventRegistry, validate_topic
+from redis_events.config import Settings
+from redis_events.events import (
+    KeySubmitted,
+    ProfileCreated,
+    ProfileDeleted,
+    ProfileUpdated,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Iterable, Mapping
+    from types import TracebackType
+
+    from pydantic import BaseModel
+    from redis.asyncio import Redis
+
+__all__ = ["EventPublisher", "close_shared_publisher", "get_publisher"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_RETRY_BASE = 0.05
+_RETRY_CAP = 1.0
+
+
+class EventPublisher:
+    """Publish events to Redis pub/sub channels, one channel per topic.
+
+    Use it as an async context manager, or call ``connect()`` and ``close()``
+    yourself; a publish on an unconnected publisher connects lazily.
+
+    Note:
+        A publish that meets a lost connection is retried with backoff for up
+        to ``publish_retry_timeout`` seconds (5 by default), then raises
+        ``RedisUnavailableError``. A success is reported only once Redis has
+        answered. A PUBLISH whose connection broke after Redis received it
+        but before the reply arrived is sent again, so a subscriber may see
+        that event twice; ``event_id`` tells the copies apart.
+    """
+
+    def __init__(
+        self,
+        redis_url: str | None = None,
+        *,
+        host: str | None = None,
+        port: int | None = None,
+        db: int | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        settings: Settings | None = None,
+        registry: EventRegistry | None = None,
+        **options: Any,
+    ) -> None:
+        """Configure the publisher; nothing connects until first use.
+
+        Raises:
+            ConfigurationError: The URL or an option is not valid.
+        """
+        self.settings = Settings.from_arguments(
+            redis_url,
+            host=host,
+            port=port,
+            db=db,
+            username=username,
+            password=password,
+            settings=settings,
+            **options,
+        )
+        self.registry = registry or EventRegistry(
+            max_event_bytes=self.settings.max_event_bytes
+        )
+        self._client: Redis | None = None
+        self._events_published = 0
+        self._publish_retries = 0
+        self._publish_failures = 0
+
+    def __repr__(self) -> str:
+        return f"EventPublisher({self.settings.masked_url!r})"
+
+    async def __aenter__(self) -> Self:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def connect(self) -> None:
+        """Open the connection pool and check Redis answers a PING.
+
+        Raises:
+            RedisUnavailableError: Redis cannot be reached.
+            PermissionDeniedError: Redis refused the credentials.
+        """
+        client = self._ensure_client()
+        try:
+            await client.ping()
+        except (RedisError, OSError) as exc:
+            raise translate_error(
+                exc, operation="PING", settings=self.settings
+            ) from exc
+
+        logger.info("Publisher connected to %s", self.settings.masked_url)
+
+    async def close(self) -> None:
+        """Close every pooled connection. The publisher may connect again."""
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+    async def publish(self, topic: str, event: BaseModel | Mapping[str, Any]) -> int:
+        """Publish one event and return how many subscribers received it.
+
+        Raises:
+            ConfigurationError: ``topic`` is not a usable name.
+            EventEncodeError: The event cannot be serialized or does not fit
+                the topic's model; nothing was sent.
+            EventTooLargeError: The event is above ``max_event_bytes``;
+                nothing was sent.
+            RedisUnavailableError: Redis stayed unreachable for the whole
+                retry window.
+            PermissionDeniedError: The user may not publish to ``topic``.
+        """
+        data = self.registry.encode(validate_topic(topic), event)
+        client = self._ensure_client()
+        receivers: int = await self._retrying(
+            "PUBLISH", topic, lambda: client.publish(topic, data)
+        )
+        self._events_published += 1
+        logger.debug(
+            "Published %d bytes to %s", len(data), topic, extra={"topic": topic}
+        )
+        return receivers
+
+    async def publish_many(
+        self, topic: str, events: Iterable[BaseModel | Mapping[str, Any]]
+    ) -> list[int]:
+        """Publish a batch in one pipelined round trip.
+
+        Every event is encoded before anything is sent, so one bad event
+        fails the whole batch without sending any of it.
+
+        Returns:
+            The number of receivers of each event, in order.
+
+        Raises:
+            The same errors as ``publish``. After a lost connection the whole
+            batch is sent again, so part of it may arrive twice.
+        """
+        validate_topic(topic)
+        payloads = [self.registry.encode(topic, event) for event in events]
+        if not payloads:
+            return []
+
+        client = self._ensure_client()
+
+        async def send() -> list[int]:
+            async with client.pipeline(transaction=False) as pipe:
+                for data in payloads:
+                    pipe.publish(topic, data)
+
+                result: list[int] = await pipe.execute()
+                return result
+
+        counts = await self._retrying("PUBLISH", topic, send)
+        self._events_published += len(payloads)
+        return counts
+
+    async def publish_key_submitted(
+        self, key_value: str, token_name: str, **fields: Any
+    ) -> int:
+        """Publish a ``key_submitted`` event to ``key_submission``."""
+        event = KeySubmitted(key_value=key_value, token_name=token_name, **fields)
+        return await self.publish(c.KEY_SUBMISSION_TOPIC, event)
+
+    async def publish_profile_created(
+        self, profile_id: int | str, profile_data: Mapping[str, Any], **fields: Any
+    ) -> int:
+        """Publish a ``profile_created`` event to ``profile_events``."""
+        event = ProfileCreated(
+            profile_id=profile_id, profile_data=dict(profile_data), **fields
+        )
+        return await self.publish(c.PROFILE_EVENTS_TOPIC, event)
+
+    async def publish_profile_updated(
+        self, profile_id: int | str, profile_data: Mapping[str, Any], **fields: Any
+    ) -> int:
+        """Publish a ``profile_updated`` event to ``profile_events``."""
+        event = ProfileUpdated(
+            profile_id=profile_id, profile_data=dict(profile_data), **fields
+        )
+        return await self.publish(c.PROFILE_EVENTS_TOPIC, event)
+
+    async def publish_profile_deleted(
+        self, profile_id: int | str, **fields: Any
+    ) -> int:
+        """Publish a ``profile_deleted`` event to ``profile_events``."""
+        event = ProfileDeleted(profile_id=profile_id, **fields)
+        return await self.publish(c.PROFILE_EVENTS_TOPIC, event)
+
+    def get_stats(self) -> dict[str, int]:
+        """Return the publisher's counters."""
+        return {
+            "events_published": self._events_published,
+            "publish_retries": self._publish_retries,
+            "publish_failures": self._publish_failures,
+        }
+
+    def _ensure_client(self) -> Redis:
+        if self._client is None:
+            self._client = create_client(self.settings, role="pub")
+
+        return self._client
+
+    async def _retrying(
+        self, operation: str, topic: str, call: Callable[[], Awaitable[T]]
+    ) -> T:
+        deadline = anyio.current_time() + self.settings.publish_retry_timeout
+        backoff = Backoff(base=_RETRY_BASE, cap=_RETRY_CAP)
+        while True:
+            try:
+                return await call()
+            except (RedisError, OSError) as exc:
+                delay = backoff.next_delay()
+                left = deadline - anyio.current_time()
+                if not is_retryable(exc) or left <= 0:
+                    self._publish_failures += 1
+                    raise translate_error(
+                        exc, operation=operation, settings=self.settings, topic=topic
+                    ) from exc
+
+                self._publish_retries += 1
+                log = logger.warning if backoff.failures == 1 else logger.debug
+                log(
+                    "%s to %s failed (%s); retrying for up to %.1f s",
+                    operation,
+                    topic,
+                    type(exc).__name__,
+                    left,
+                    extra={"topic": topic},
+                )
+                await anyio.sleep(min(delay, left))
+
+
+_shared: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, EventPublisher] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def get_publisher() -> EventPublisher:
+    """Return the publisher shared by all callers on the running event loop.
+
+    It is configured from the environment (``REDIS_URL`` and
+    ``REDIS_EVENTS_*``) and connects on first use.
+
+    Raises:
+        RuntimeError: No event loop is running.
+    """
+    loop = asyncio.get_running_loop()
+    publisher = _shared.get(loop)
+    if publisher is None:
+        publisher = _shared[loop] = EventPublisher()
+
+    return publisher
+
+
+async def close_shared_publisher() -> None:
+    """Close the shared publisher of the running event loop, if there is one."""
+    publisher = _shared.pop(asyncio.get_running_loop(), None)
+    if publisher is not None:
+        await publisher.close()
