@@ -120,6 +120,7 @@ class EventSubscriber:
         self._finished = anyio.Event()
         self._streams: set[MemoryObjectSendStream[Delivery]] = set()
         self._task_group: TaskGroup | None = None
+        self._dispatcher: Dispatcher | None = None
 
     def __repr__(self) -> str:
         return (
@@ -279,7 +280,7 @@ class EventSubscriber:
         reader = PubSubReader(client, self.settings, self._stats)
         self._reader = reader
         self._finished = anyio.Event()
-        dispatcher = Dispatcher(
+        dispatcher = self._dispatcher = Dispatcher(
             max_concurrency=self.settings.max_concurrency,
             handler_timeout=self.settings.handler_timeout,
             shutdown_timeout=self.settings.shutdown_timeout,
@@ -301,6 +302,7 @@ class EventSubscriber:
         finally:
             self._read_scope = None
             self._reader = None
+            self._dispatcher = None
             self._stop_requested = False
             for stream in list(self._streams):
                 stream.close()
@@ -329,6 +331,15 @@ class EventSubscriber:
             current_delivery()
         except LookupError:
             await self._finished.wait()
+
+    def abort(self) -> None:
+        """Stop at once: cancel handlers in flight instead of waiting."""
+        self._stop_requested = True
+        if self._read_scope is not None:
+            self._read_scope.cancel()
+
+        if self._dispatcher is not None:
+            self._dispatcher.drain(0)
 
     async def __aenter__(self) -> Self:
         """Run the subscriber in the background until the block ends."""

@@ -1,0 +1,125 @@
+"""``python -m redis_events.processor``: run the processor as a service.
+
+This is the only place that configures logging and installs signal handlers.
+Exit codes are those of ``serve``; 2 also stands for invalid configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import TYPE_CHECKING, Annotated
+
+import anyio
+from pydantic import Field, field_validator
+from pydantic_settings import NoDecode
+
+from redis_events import _constants as c
+from redis_events.config import Settings
+from redis_events.exceptions import ConfigurationError
+from redis_events.processor._core import EventProcessor
+from redis_events.processor._service import EXIT_UNAVAILABLE, serve
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+__all__ = ["ProcessorSettings", "main"]
+
+logger = logging.getLogger("redis_events.processor")
+
+
+class ProcessorSettings(Settings):
+    """Settings of the processor service, on top of the library's own."""
+
+    topics: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(c.DEFAULT_PROCESSOR_TOPICS), min_length=1
+    )
+    log_level: str = "INFO"
+    stats_interval: float = Field(default=60.0, ge=0)
+
+    @field_validator("topics", mode="before")
+    @classmethod
+    def _split_topics(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [t.strip() for t in value.split(",") if t.strip()]
+
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in logging.getLevelNamesMapping():
+            msg = f"unknown log level {value!r}"
+            raise ValueError(msg)
+
+        return level
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser; every flag falls back to the environment."""
+    parser = argparse.ArgumentParser(
+        prog="python -m redis_events.processor",
+        description=(
+            "Process key and profile events from Redis and publish results "
+            "to processing_results. Stop with SIGINT or SIGTERM: events in "
+            "flight finish first; a second signal stops at once."
+        ),
+    )
+    parser.add_argument(
+        "--redis-url",
+        help="Redis URL: redis://, rediss://, unix:// or memory:// "
+        f"(env REDIS_URL or REDIS_EVENTS_REDIS_URL; default {c.DEFAULT_REDIS_URL})",
+    )
+    parser.add_argument(
+        "--topic",
+        action="append",
+        dest="topics",
+        metavar="TOPIC",
+        help="topic to subscribe; repeat for several (env REDIS_EVENTS_TOPICS, "
+        f"comma-separated; default {', '.join(c.DEFAULT_PROCESSOR_TOPICS)})",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        dest="max_concurrency",
+        help="handlers running at once (env REDIS_EVENTS_MAX_CONCURRENCY; "
+        f"default {c.DEFAULT_MAX_CONCURRENCY})",
+    )
+    parser.add_argument(
+        "--log-level",
+        help="DEBUG, INFO, WARNING or ERROR (env REDIS_EVENTS_LOG_LEVEL; default INFO)",
+    )
+    parser.add_argument(
+        "--stats-interval",
+        type=float,
+        help="seconds between stats log lines, 0 = off "
+        "(env REDIS_EVENTS_STATS_INTERVAL; default 60)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the processor until a signal; return the process exit code."""
+    args = build_parser().parse_args(argv)
+    given = {k: v for k, v in vars(args).items() if v is not None}
+    try:
+        settings = ProcessorSettings.from_arguments(
+            given.pop("redis_url", None), **given
+        )
+    except ConfigurationError as exc:
+        print(f"redis-events processor: {exc}", file=sys.stderr)  # noqa: T201
+        return EXIT_UNAVAILABLE
+
+    assert isinstance(settings, ProcessorSettings)
+    logging.basicConfig(
+        level=settings.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    return anyio.run(_serve, settings)
+
+
+async def _serve(settings: ProcessorSettings) -> int:
+    processor = EventProcessor(settings=settings, topics=settings.topics)
+    return await serve(processor, stats_interval=settings.stats_interval)

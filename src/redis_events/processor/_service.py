@@ -1,0 +1,91 @@
+"""Run an ``EventProcessor`` as a service: signals, stats lines, exit codes.
+
+The library configures no logging; the command line does, before it calls
+``serve``. Exit codes: 0 after a graceful stop, 1 after a forced stop (a
+second signal), 2 when Redis cannot be reached at start.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from typing import TYPE_CHECKING
+
+import anyio
+
+from redis_events.exceptions import RedisEventsError
+
+if TYPE_CHECKING:
+    from redis_events.processor._core import EventProcessor
+
+__all__ = ["EXIT_FORCED", "EXIT_OK", "EXIT_UNAVAILABLE", "serve"]
+
+logger = logging.getLogger("redis_events.processor")
+
+EXIT_OK = 0
+EXIT_FORCED = 1
+EXIT_UNAVAILABLE = 2
+
+
+async def serve(processor: EventProcessor, *, stats_interval: float = 60.0) -> int:
+    """Run ``processor`` until SIGINT or SIGTERM and return an exit code.
+
+    The first signal stops reading and lets events in flight finish (up to
+    ``shutdown_timeout``); a second one cancels them. A stats line is logged
+    every ``stats_interval`` seconds (0 = never) and once at the end. When
+    Redis cannot be reached at start, one line naming the address goes to
+    stderr and the exit code is 2.
+    """
+    try:
+        await processor.connect()
+    except RedisEventsError as exc:
+        print(f"redis-events processor: {exc}", file=sys.stderr)  # noqa: T201
+        return EXIT_UNAVAILABLE
+
+    forced = False
+
+    async def watch_signals() -> None:
+        nonlocal forced
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                if processor_stopping.is_set():
+                    forced = True
+                    logger.warning(
+                        "Second %s: stopping now", signal.Signals(signum).name
+                    )
+                    processor.subscriber.abort()
+                    return
+
+                processor_stopping.set()
+                logger.info(
+                    "%s received: finishing events in flight (up to %.0f s)",
+                    signal.Signals(signum).name,
+                    processor.settings.shutdown_timeout,
+                )
+                task_group.start_soon(processor.stop)
+
+    async def report_stats() -> None:
+        while True:
+            await anyio.sleep(stats_interval)
+            logger.info("Stats: %s", _format_stats(processor.get_stats()))
+
+    processor_stopping = anyio.Event()
+    try:
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(watch_signals)
+            if stats_interval > 0:
+                task_group.start_soon(report_stats)
+
+            await processor.run()
+            task_group.cancel_scope.cancel()
+    except RedisEventsError as exc:
+        print(f"redis-events processor: {exc}", file=sys.stderr)  # noqa: T201
+        return EXIT_UNAVAILABLE
+
+    logger.info("Stopped. Final stats: %s", _format_stats(processor.get_stats()))
+    return EXIT_FORCED if forced else EXIT_OK
+
+
+def _format_stats(stats: dict[str, int]) -> str:
+    return " ".join(f"{name}={value}" for name, value in stats.items())
