@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
     from anyio.abc import TaskGroup, TaskStatus
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+    from redis.asyncio import Redis
 
 __all__ = ["EventSubscriber"]
 
@@ -121,6 +122,7 @@ class EventSubscriber:
         self._streams: set[MemoryObjectSendStream[Delivery]] = set()
         self._task_group: TaskGroup | None = None
         self._dispatcher: Dispatcher | None = None
+        self._client: Redis | None = None
 
     def __repr__(self) -> str:
         return (
@@ -272,14 +274,39 @@ class EventSubscriber:
             PermissionDeniedError: The user may not subscribe.
             RuntimeError: The subscriber is already running.
         """
+        await self._open()
+        await self._serve(task_status=task_status)
+
+    async def _open(self) -> None:
         if self._reader is not None:
             msg = "this subscriber is already running"
             raise RuntimeError(msg)
 
         client = create_client(self.settings, role="sub")
         reader = PubSubReader(client, self.settings, self._stats)
+        try:
+            await reader.subscribe(
+                channels=list(self._channel_handlers),
+                patterns=list(self._pattern_handlers),
+            )
+            await reader.connect()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await reader.aclose()
+                await client.aclose()
+
+            raise
+
+        self._client = client
         self._reader = reader
         self._finished = anyio.Event()
+
+    async def _serve(
+        self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        reader, client = self._reader, self._client
+        assert reader is not None, "_open() must succeed first"
+        assert client is not None, "_open() must succeed first"
         dispatcher = self._dispatcher = Dispatcher(
             max_concurrency=self.settings.max_concurrency,
             handler_timeout=self.settings.handler_timeout,
@@ -287,11 +314,6 @@ class EventSubscriber:
             stats=self._stats,
         )
         try:
-            await reader.subscribe(
-                channels=list(self._channel_handlers),
-                patterns=list(self._pattern_handlers),
-            )
-            await reader.connect()
             async with dispatcher.running():
                 with anyio.CancelScope() as self._read_scope:
                     if self._stop_requested:
@@ -302,6 +324,7 @@ class EventSubscriber:
         finally:
             self._read_scope = None
             self._reader = None
+            self._client = None
             self._dispatcher = None
             self._stop_requested = False
             for stream in list(self._streams):
@@ -343,14 +366,12 @@ class EventSubscriber:
 
     async def __aenter__(self) -> Self:
         """Run the subscriber in the background until the block ends."""
+        # Connect first, outside the task group, so that a failure raises
+        # the library's own error rather than an exception group.
+        await self._open()
         task_group = anyio.create_task_group()
         await task_group.__aenter__()
-        try:
-            await task_group.start(self._run_in_background)
-        except BaseException as exc:
-            await task_group.__aexit__(type(exc), exc, exc.__traceback__)
-            raise
-
+        await task_group.start(self._serve_in_background)
         self._task_group = task_group
         return self
 
@@ -370,10 +391,10 @@ class EventSubscriber:
 
         return await task_group.__aexit__(exc_type, exc, tb)
 
-    async def _run_in_background(
+    async def _serve_in_background(
         self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        await self.run(task_status=task_status)
+        await self._serve(task_status=task_status)
 
     def get_stats(self) -> dict[str, int]:
         """Return the subscriber's counters."""
