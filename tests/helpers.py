@@ -1,0 +1,154 @@
+"""Polling helpers and a plain redis-py subscriber shared by the tests."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+import uuid
+from typing import TYPE_CHECKING, Any, Self
+
+import anyio
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from types import TracebackType
+
+    import redis
+
+
+async def wait_until(
+    predicate: Callable[[], bool],
+    timeout: float = 10.0,  # noqa: ASYNC109  # a polling limit, not a cancel scope
+    interval: float = 0.05,
+) -> None:
+    """Poll ``predicate`` until it is true; fail after ``timeout`` seconds.
+
+    Raises:
+        AssertionError: The condition did not hold within ``timeout``.
+    """
+    deadline = anyio.current_time() + timeout
+    while not predicate():
+        if anyio.current_time() >= deadline:
+            msg = f"condition not met within {timeout} s"
+            raise AssertionError(msg)
+
+        await anyio.sleep(interval)
+
+
+def poll_until(
+    predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.05
+) -> None:
+    """Blocking form of ``wait_until`` for synchronous tests.
+
+    Raises:
+        AssertionError: The condition did not hold within ``timeout``.
+    """
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            msg = f"condition not met within {timeout} s"
+            raise AssertionError(msg)
+
+        time.sleep(interval)
+
+
+class RawSubscriber:
+    """A plain redis-py subscriber (``R``) that records messages in a thread.
+
+    Entering the block subscribes and waits for Redis to confirm, so every
+    message published afterwards is recorded. ``flush()`` sends a PING on the
+    same connection and waits for its reply: Redis answers it only after
+    every message it queued for this connection before, so the recorded
+    count is then complete up to that moment.
+    """
+
+    def __init__(self, client: redis.Redis, *channels: str) -> None:
+        self._pubsub = client.pubsub()  # type: ignore[no-untyped-call]  # untyped upstream
+        self._channels = channels
+        self._lock = threading.Lock()
+        self._messages: list[tuple[str, str]] = []
+        self._ping_requests: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._pongs: set[str] = set()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._error: BaseException | None = None
+
+    def __enter__(self) -> Self:
+        self._pubsub.subscribe(*self._channels)
+        confirmed = 0
+        deadline = time.monotonic() + 10
+        while confirmed < len(self._channels):
+            assert time.monotonic() < deadline, "SUBSCRIBE not confirmed in 10 s"
+            message = self._pubsub.get_message(timeout=0.1)
+            if message is not None and message["type"] == "subscribe":
+                confirmed += 1
+
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._stopping.set()
+        self._thread.join(timeout=10)
+        self._pubsub.close()
+
+    @property
+    def messages(self) -> list[tuple[str, str]]:
+        """The ``(channel, data)`` pairs recorded so far, in arrival order."""
+        self._raise_error()
+        with self._lock:
+            return list(self._messages)
+
+    def count(self, channel: str | None = None) -> int:
+        """Return how many messages were recorded (on ``channel``, if given)."""
+        return sum(1 for ch, _ in self.messages if channel in (None, ch))
+
+    def flush(self, timeout: float = 10.0) -> None:
+        """Wait until every message Redis sent before now is recorded."""
+        token = self._request_ping()
+        poll_until(lambda: self._has_pong(token), timeout=timeout, interval=0.01)
+
+    async def aflush(self) -> None:
+        """``flush()`` for async tests: the event loop keeps running."""
+        token = self._request_ping()
+        await wait_until(lambda: self._has_pong(token), interval=0.01)
+
+    def _request_ping(self) -> str:
+        token = uuid.uuid4().hex
+        self._ping_requests.put(token)
+        return token
+
+    def _has_pong(self, token: str) -> bool:
+        self._raise_error()
+        with self._lock:
+            return token in self._pongs
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            msg = f"the raw subscriber failed: {self._error!r}"
+            raise AssertionError(msg) from self._error
+
+    def _read(self) -> None:
+        # Only this thread touches the connection once it runs, so the PINGs
+        # asked for by flush() are sent from here.
+        try:
+            while not self._stopping.is_set():
+                while not self._ping_requests.empty():
+                    self._pubsub.ping(self._ping_requests.get())
+
+                message: dict[str, Any] | None = self._pubsub.get_message(timeout=0.05)
+                if message is None:
+                    continue
+
+                with self._lock:
+                    if message["type"] == "message":
+                        self._messages.append((message["channel"], message["data"]))
+                    elif message["type"] == "pong":
+                        self._pongs.add(message["data"])
+        except BaseException as exc:  # reported by the next call
+            self._error = exc
