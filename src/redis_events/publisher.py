@@ -17,8 +17,8 @@ from redis_events._connection import (
     is_retryable,
     translate_error,
 )
-from redis_events.codec import EventRegistry, validate_topic
-from redis_events.config import Settings
+from redis_events._endpoint import Endpoint
+from redis_events.codec import validate_topic
 from redis_events.events import (
     KeySubmitted,
     ProfileCreated,
@@ -43,7 +43,7 @@ _RETRY_BASE = 0.05
 _RETRY_CAP = 1.0
 
 
-class EventPublisher:
+class EventPublisher(Endpoint):
     """Publish events to Redis pub/sub channels, one channel per topic.
 
     Use it as an async context manager, or call ``connect()`` and ``close()``
@@ -58,37 +58,7 @@ class EventPublisher:
         that event twice; ``event_id`` tells the copies apart.
     """
 
-    def __init__(
-        self,
-        redis_url: str | None = None,
-        *,
-        host: str | None = None,
-        port: int | None = None,
-        db: int | None = None,
-        username: str | None = None,
-        password: str | None = None,
-        settings: Settings | None = None,
-        registry: EventRegistry | None = None,
-        **options: Any,
-    ) -> None:
-        """Configure the publisher; nothing connects until first use.
-
-        Raises:
-            ConfigurationError: The URL or an option is not valid.
-        """
-        self.settings = Settings.from_arguments(
-            redis_url,
-            host=host,
-            port=port,
-            db=db,
-            username=username,
-            password=password,
-            settings=settings,
-            **options,
-        )
-        self.registry = registry or EventRegistry(
-            max_event_bytes=self.settings.max_event_bytes
-        )
+    def _init_state(self) -> None:
         self._client: Redis | None = None
         self._events_published = 0
         self._publish_retries = 0

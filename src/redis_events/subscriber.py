@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import logging
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Self
 
 import anyio
 
 from redis_events._connection import create_client
+from redis_events._endpoint import Endpoint
 from redis_events._pubsub import Frame, PubSubReader
-from redis_events.codec import DecodedEvent, EventRegistry, validate_topic
-from redis_events.config import Settings
+from redis_events.codec import DecodedEvent, validate_topic
 from redis_events.dispatcher import (
     Delivery,
     Dispatcher,
@@ -60,7 +60,7 @@ class _Group:
         )
 
 
-class EventSubscriber:
+class EventSubscriber(Endpoint):
     """Run coroutine handlers for events on channels and glob patterns.
 
     A handler is called as ``await handler(topic, event)``, where ``event`` is
@@ -81,37 +81,7 @@ class EventSubscriber:
         order events arrived but may finish in any order.
     """
 
-    def __init__(
-        self,
-        redis_url: str | None = None,
-        *,
-        host: str | None = None,
-        port: int | None = None,
-        db: int | None = None,
-        username: str | None = None,
-        password: str | None = None,
-        settings: Settings | None = None,
-        registry: EventRegistry | None = None,
-        **options: Any,
-    ) -> None:
-        """Configure the subscriber; nothing connects until ``run()``.
-
-        Raises:
-            ConfigurationError: The URL or an option is not valid.
-        """
-        self.settings = Settings.from_arguments(
-            redis_url,
-            host=host,
-            port=port,
-            db=db,
-            username=username,
-            password=password,
-            settings=settings,
-            **options,
-        )
-        self.registry = registry or EventRegistry(
-            max_event_bytes=self.settings.max_event_bytes
-        )
+    def _init_state(self) -> None:
         self._stats = Stats()
         self._channel_handlers: dict[str, list[Handler]] = {}
         self._pattern_handlers: dict[str, list[Handler]] = {}
