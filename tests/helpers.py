@@ -64,7 +64,13 @@ class RawSubscriber:
     """
 
     def __init__(self, client: redis.Redis, *channels: str) -> None:
-        self._pubsub = client.pubsub()  # type: ignore[no-untyped-call]  # untyped upstream
+        # redis-py turns the reply to a subscribed PING into a "pong" message
+        # only when replies are bytes, so this connection does not decode.
+        options = client.connection_pool.connection_kwargs | {
+            "decode_responses": False
+        }
+        self._client = type(client)(**options)
+        self._pubsub = self._client.pubsub()  # type: ignore[no-untyped-call]  # untyped upstream
         self._channels = channels
         self._lock = threading.Lock()
         self._messages: list[tuple[str, str]] = []
@@ -81,7 +87,7 @@ class RawSubscriber:
         while confirmed < len(self._channels):
             assert time.monotonic() < deadline, "SUBSCRIBE not confirmed in 10 s"
             message = self._pubsub.get_message(timeout=0.1)
-            if message is not None and message["type"] == "subscribe":
+            if message is not None and message["type"] == b"subscribe":
                 confirmed += 1
 
         self._thread.start()
@@ -96,6 +102,7 @@ class RawSubscriber:
         self._stopping.set()
         self._thread.join(timeout=10)
         self._pubsub.close()
+        self._client.close()
 
     @property
     def messages(self) -> list[tuple[str, str]]:
@@ -145,10 +152,20 @@ class RawSubscriber:
                 if message is None:
                     continue
 
+                kind = message["type"]
+                channel = _text(message["channel"])
+                data = _text(message["data"])
                 with self._lock:
-                    if message["type"] == "message":
-                        self._messages.append((message["channel"], message["data"]))
-                    elif message["type"] == "pong":
-                        self._pongs.add(message["data"])
+                    if kind == "message":
+                        self._messages.append((channel, data))
+                    elif kind == "pong":
+                        self._pongs.add(data)
         except BaseException as exc:  # reported by the next call
             self._error = exc
+
+
+def _text(value: object) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+
+    return str(value)

@@ -111,7 +111,9 @@ class EventSubscriber(Endpoint):
 
         Raises:
             ConfigurationError: A topic name is not usable.
+            RuntimeError: The subscriber is running; use ``subscribe()``.
         """
+        self._check_not_running("on")
 
         def register(handler: Handler) -> Handler:
             for topic in topics:
@@ -128,7 +130,9 @@ class EventSubscriber(Endpoint):
 
         Raises:
             ConfigurationError: A pattern is not a usable name.
+            RuntimeError: The subscriber is running; use ``psubscribe()``.
         """
+        self._check_not_running("on_pattern")
 
         def register(handler: Handler) -> Handler:
             for pattern in patterns:
@@ -143,6 +147,7 @@ class EventSubscriber(Endpoint):
 
         Raises:
             ConfigurationError: A topic name is not usable.
+            RuntimeError: The subscriber is running; use ``subscribe()``.
         """
         for topic, handler in topic_handlers.items():
             self.on(topic)(handler)
@@ -418,6 +423,15 @@ class EventSubscriber(Endpoint):
         for handler in todo:
             group.called.add(id(handler))
             await dispatcher.submit(handler, delivery)
+
+    def _check_not_running(self, method: str) -> None:
+        if self._reader is not None:
+            msg = (
+                f"{method}() registers handlers before the subscriber runs; "
+                "while it runs, use 'await subscriber.subscribe(...)' or "
+                "'psubscribe(...)'"
+            )
+            raise RuntimeError(msg)
 
     @staticmethod
     def _add(table: dict[str, list[Handler]], name: str, handler: Handler) -> None:
