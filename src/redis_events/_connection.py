@@ -70,7 +70,10 @@ def create_client(settings: Settings, *, role: str) -> Redis:
         "client_name": name,
         "socket_connect_timeout": settings.socket_connect_timeout,
         "socket_timeout": settings.socket_timeout,
-        "retry": Retry(NoBackoff(), 0),
+        # No supported errors at all: with retries=0 alone, redis-py still
+        # runs its failure callback once, and for a PubSub that callback
+        # reconnects and resubscribes on a connection we then throw away.
+        "retry": Retry(NoBackoff(), 0, supported_errors=()),
         "protocol": settings.protocol,
         "max_connections": settings.max_connections,
         # Wait for a free connection this long rather than failing at once

@@ -49,7 +49,9 @@ class _Group:
         self.channel = frame.channel if frame else None
         self.data = frame.data if frame else None
         self.subscriptions: set[tuple[bool, str]] = set()
-        self.called: set[int] = set()
+        # Handlers themselves, not their ids: ``obj.method`` makes a new bound
+        # method object on every access, but equal ones compare equal.
+        self.called: list[Handler] = []
         self.decoded: DecodedEvent | EventDecodeError | None = None
 
     def takes(self, frame: Frame, subscription: tuple[bool, str]) -> bool:
@@ -397,7 +399,7 @@ class EventSubscriber(Endpoint):
         else:
             handlers = self._pattern_handlers.get(frame.pattern, ())
 
-        todo = [h for h in handlers if id(h) not in group.called]
+        todo = [h for h in handlers if h not in group.called]
         if not todo:
             return
 
@@ -421,7 +423,7 @@ class EventSubscriber(Endpoint):
             topic=frame.channel, event=group.decoded, pattern=frame.pattern
         )
         for handler in todo:
-            group.called.add(id(handler))
+            group.called.append(handler)
             await dispatcher.submit(handler, delivery)
 
     def _check_not_running(self, method: str) -> None:
