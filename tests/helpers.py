@@ -9,12 +9,11 @@ import uuid
 from typing import TYPE_CHECKING, Any, Self
 
 import anyio
+import redis
 
 if TYPE_CHECKING:
     from collections.abc import Callable
     from types import TracebackType
-
-    import redis
 
 
 async def wait_until(
@@ -66,10 +65,13 @@ class RawSubscriber:
     def __init__(self, client: redis.Redis, *channels: str) -> None:
         # redis-py turns the reply to a subscribed PING into a "pong" message
         # only when replies are bytes, so this connection does not decode.
-        options = client.connection_pool.connection_kwargs | {
-            "decode_responses": False
-        }
-        self._client = type(client)(**options)
+        pool = client.connection_pool
+        options = pool.connection_kwargs | {"decode_responses": False}
+        self._client = redis.Redis(
+            connection_pool=redis.ConnectionPool(
+                connection_class=pool.connection_class, **options
+            )
+        )
         self._pubsub = self._client.pubsub()  # type: ignore[no-untyped-call]  # untyped upstream
         self._channels = channels
         self._lock = threading.Lock()
@@ -87,7 +89,7 @@ class RawSubscriber:
         while confirmed < len(self._channels):
             assert time.monotonic() < deadline, "SUBSCRIBE not confirmed in 10 s"
             message = self._pubsub.get_message(timeout=0.1)
-            if message is not None and message["type"] == b"subscribe":
+            if message is not None and message["type"] == "subscribe":
                 confirmed += 1
 
         self._thread.start()
@@ -169,3 +171,21 @@ def _text(value: object) -> str:
         return value.decode("utf-8", errors="replace")
 
     return str(value)
+
+
+def client_names(client: redis.Redis, prefix: str) -> list[str]:
+    """Return the names of the server's connections that start with ``prefix``."""
+    entries: list[dict[str, str]] = client.client_list()
+    return [e["name"] for e in entries if e.get("name", "").startswith(prefix)]
+
+
+def pubsub_channels(client: redis.Redis, pattern: str) -> list[str]:
+    """Return the channels with at least one subscriber matching ``pattern``."""
+    channels: list[str] = client.pubsub_channels(pattern)  # type: ignore[assignment]  # sync client
+    return channels
+
+
+def command_calls(client: redis.Redis, command: str) -> int:
+    """Return how often the server ran ``command`` (INFO commandstats)."""
+    stats: dict[str, dict[str, int]] = client.info("commandstats")
+    return stats.get(f"cmdstat_{command.lower()}", {}).get("calls", 0)

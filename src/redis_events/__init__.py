@@ -15,15 +15,18 @@ from redis_events.codec import EventRegistry
 from redis_events.config import Settings
 from redis_events.dispatcher import Delivery, current_delivery
 from redis_events.events import (
+    REDACTED,
     Event,
     KeyProcessed,
     KeyResult,
     KeySubmitted,
     ProfileCreated,
     ProfileDeleted,
+    ProfileEvent,
     ProfileProcessed,
     ProfileResult,
     ProfileUpdated,
+    ResultEvent,
 )
 from redis_events.exceptions import (
     ConfigurationError,
@@ -45,6 +48,7 @@ __all__ = [
     "KEY_SUBMISSION_TOPIC",
     "PROCESSING_RESULTS_TOPIC",
     "PROFILE_EVENTS_TOPIC",
+    "REDACTED",
     "ConfigurationError",
     "Delivery",
     "Event",
@@ -62,11 +66,13 @@ __all__ = [
     "PermissionDeniedError",
     "ProfileCreated",
     "ProfileDeleted",
+    "ProfileEvent",
     "ProfileProcessed",
     "ProfileResult",
     "ProfileUpdated",
     "RedisEventsError",
     "RedisUnavailableError",
+    "ResultEvent",
     "Settings",
     "close_shared_publisher",
     "current_delivery",

@@ -8,6 +8,7 @@ no model decodes to a plain ``dict``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any, TypeAlias
 
@@ -37,6 +38,7 @@ DecodedEvent: TypeAlias = BaseModel | dict[str, Any]
 _PLAIN_OBJECT: TypeAdapter[dict[str, Any]] = TypeAdapter(dict[str, Any])
 _REVEAL = {REVEAL_SECRETS: True}
 _MAX_REASONS = 3
+_NOT_FINITE = "numbers must be finite (no NaN, Infinity or out-of-range values)"
 
 
 def validate_topic(topic: str) -> str:
@@ -115,8 +117,12 @@ class EventRegistry:
             EventDecodeError: ``data`` is not JSON, not an object, or does
                 not fit the model. The reason never quotes the input.
         """
-        if len(data) > self.max_event_bytes:
-            reason = f"{len(data)} bytes is above the limit of {self.max_event_bytes}"
+        size = len(data)
+        if isinstance(data, str) and size <= self.max_event_bytes:
+            size = len(data.encode("utf-8", "surrogatepass"))
+
+        if size > self.max_event_bytes:
+            reason = f"{size} bytes is above the limit of {self.max_event_bytes}"
             raise EventTooLargeError(reason, topic=topic)
 
         adapter = self._adapters.get(topic, _PLAIN_OBJECT)
@@ -128,6 +134,12 @@ class EventRegistry:
         if not isinstance(value, BaseModel | dict):
             # A user model may be any type; only objects are events.
             raise EventDecodeError("an event must be a JSON object", topic=topic)
+
+        # pydantic's JSON parser reads NaN, Infinity and out-of-range numbers
+        # as non-finite floats; JSON has no such numbers, and passing them on
+        # would change the event (they are written back as null or strings).
+        if not _finite(value):
+            raise EventDecodeError(_NOT_FINITE, topic=topic)
 
         return value
 
@@ -165,11 +177,7 @@ class EventRegistry:
             body = dict(event)
             body.setdefault("event_id", new_event_id())
             body.setdefault("timestamp", utc_now().isoformat())
-            try:
-                return to_json(body, inf_nan_mode="strings")
-            except PydanticSerializationError as exc:
-                reason = f"not JSON-serializable ({_first_line(exc)})"
-                raise EventEncodeError(reason, topic=topic) from None
+            return _plain_json(topic, body)
 
         try:
             model = adapter.validate_python(dict(event))
@@ -179,14 +187,7 @@ class EventRegistry:
         if isinstance(model, BaseModel):
             return self._dump(topic, model)
 
-        return self._encode_mapping_plain(topic, model)
-
-    def _encode_mapping_plain(self, topic: str, value: Any) -> bytes:
-        try:
-            return to_json(value, inf_nan_mode="strings")
-        except PydanticSerializationError as exc:
-            reason = f"not JSON-serializable ({_first_line(exc)})"
-            raise EventEncodeError(reason, topic=topic) from None
+        return _plain_json(topic, model)
 
     @staticmethod
     def _dump(topic: str, model: BaseModel) -> bytes:
@@ -197,12 +198,52 @@ class EventRegistry:
             raise EventEncodeError(reason, topic=topic) from None
 
 
+def _plain_json(topic: str, value: object) -> bytes:
+    try:
+        # to_json first: it also refuses circular references, which the
+        # finiteness walk below could not survive.
+        data = to_json(value)
+    except PydanticSerializationError as exc:
+        reason = f"not JSON-serializable ({_first_line(exc)})"
+        raise EventEncodeError(reason, topic=topic) from None
+
+    if not _finite(value):
+        raise EventEncodeError(_NOT_FINITE, topic=topic)
+
+    return data
+
+
+def _finite(value: object) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+
+    if isinstance(value, Mapping):
+        return all(_finite(item) for item in value.values())
+
+    if isinstance(value, list | tuple):
+        return all(_finite(item) for item in value)
+
+    if isinstance(value, BaseModel):
+        return all(_finite(getattr(value, name)) for name in type(value).model_fields)
+
+    return True
+
+
 def _describe(exc: ValidationError) -> str:
-    errors = exc.errors(include_url=False, include_input=False, include_context=False)
+    errors = exc.errors(include_url=False, include_input=False)
     parts = []
     for error in errors[:_MAX_REASONS]:
         location = ".".join(str(p) for p in error["loc"])
-        parts.append(f"{location}: {error['msg']}" if location else error["msg"])
+        message = error["msg"]
+        if error["type"] == "union_tag_invalid":
+            # pydantic's message quotes the rejected tag, which is input.
+            context = error.get("ctx", {})
+            message = (
+                f"{context.get('discriminator')} must be one of "
+                f"{context.get('expected_tags')}"
+            )
+
+        parts.append(f"{location}: {message}" if location else message)
 
     if len(errors) > _MAX_REASONS:
         parts.append(f"and {len(errors) - _MAX_REASONS} more")

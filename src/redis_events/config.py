@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ssl
 from typing import Annotated, Any, Literal
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -43,9 +43,9 @@ class Settings(BaseSettings):
 
     redis_url: str = Field(
         default=c.DEFAULT_REDIS_URL,
-        validation_alias=AliasChoices(
-            "redis_url", "REDIS_EVENTS_REDIS_URL", "REDIS_URL"
-        ),
+        # The prefixed variable wins over the conventional one; the field
+        # name itself still works as a keyword (populate_by_name).
+        validation_alias=AliasChoices("REDIS_EVENTS_REDIS_URL", "REDIS_URL"),
         repr=False,
         description="redis://, rediss://, unix:// or memory:// URL.",
     )
@@ -65,8 +65,8 @@ class Settings(BaseSettings):
         "the connection up when no reply came within it.",
     )
     max_connections: int = Field(default=c.DEFAULT_MAX_CONNECTIONS, ge=1)
-    protocol: Literal[2, 3] = Field(
-        default=2, description="RESP version spoken to Redis."
+    protocol: int = Field(
+        default=2, ge=2, le=3, description="RESP version spoken to Redis."
     )
     publish_retry_timeout: float = Field(
         default=c.DEFAULT_PUBLISH_RETRY_TIMEOUT,
@@ -89,7 +89,14 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _check_url(cls, value: str) -> str:
-        scheme = urlsplit(value).scheme
+        parts = urlsplit(value)
+        try:
+            _ = parts.port
+        except ValueError:
+            msg = "the port in the Redis URL must be a number from 0 to 65535"
+            raise ValueError(msg) from None
+
+        scheme = parts.scheme
         if scheme not in SUPPORTED_SCHEMES:
             supported = ", ".join(f"{s}://" for s in sorted(SUPPORTED_SCHEMES))
             msg = f"unsupported Redis URL scheme {scheme!r}; use one of {supported}"
@@ -176,21 +183,24 @@ class Settings(BaseSettings):
 
 
 def mask_url(url: str) -> str:
-    """Return ``url`` with its password, if any, replaced by ``***``."""
+    """Return ``url`` with its password replaced by ``***``.
+
+    Masks both forms redis-py reads: ``user:password@host`` and a
+    ``password=`` query parameter (the only form a ``unix://`` URL has).
+    """
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
+    netloc, query = parts.netloc, parts.query
+    if parts.password is not None:
+        userinfo, _, hostport = netloc.rpartition("@")
+        netloc = f"{userinfo.split(':', 1)[0]}:***@{hostport}"
 
-    user = quote(parts.username or "", safe="")
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        if any(name == "password" for name, _ in pairs):
+            masked = [(k, "***" if k == "password" else v) for k, v in pairs]
+            query = urlencode(masked, safe="*")
 
-    netloc = f"{user}:***@{host}"
-    if parts.port is not None:
-        netloc += f":{parts.port}"
-
-    return urlunsplit(parts._replace(netloc=netloc))
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 def _url_from_parts(

@@ -17,9 +17,11 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
+    PlainSerializer,
     SecretStr,
     SerializationInfo,
     field_serializer,
@@ -60,6 +62,22 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def _as_utc(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+
+    return value.astimezone(UTC)
+
+
+# A naive value is read as UTC; every value is kept and written in UTC with an
+# explicit "+00:00" offset.
+UtcDatetime = Annotated[
+    datetime,
+    AfterValidator(_as_utc),
+    PlainSerializer(datetime.isoformat, return_type=str, when_used="json"),
+]
+
+
 class Event(BaseModel):
     """Base of every event: type, id and UTC timestamp.
 
@@ -71,19 +89,7 @@ class Event(BaseModel):
 
     event_type: str
     event_id: str = Field(default_factory=new_event_id, min_length=1, max_length=200)
-    timestamp: datetime = Field(default_factory=utc_now)
-
-    @field_validator("timestamp")
-    @classmethod
-    def _as_utc(cls, value: datetime) -> datetime:
-        if value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-
-        return value.astimezone(UTC)
-
-    @field_serializer("timestamp", when_used="json")
-    def _iso_timestamp(self, value: datetime) -> str:
-        return value.isoformat()
+    timestamp: UtcDatetime = Field(default_factory=utc_now)
 
 
 class KeySubmitted(Event):
@@ -142,12 +148,8 @@ class KeyResult(BaseModel):
     valid: bool
     length: int
     token_name: str
-    processed_at: datetime = Field(default_factory=utc_now)
+    processed_at: UtcDatetime = Field(default_factory=utc_now)
     reason: str | None = None
-
-    @field_serializer("processed_at", when_used="json")
-    def _iso_processed_at(self, value: datetime) -> str:
-        return value.isoformat()
 
 
 class ProfileResult(BaseModel):
@@ -157,11 +159,7 @@ class ProfileResult(BaseModel):
 
     profile_id: ProfileId
     action: Literal["created", "updated", "deleted"]
-    processed_at: datetime = Field(default_factory=utc_now)
-
-    @field_serializer("processed_at", when_used="json")
-    def _iso_processed_at(self, value: datetime) -> str:
-        return value.isoformat()
+    processed_at: UtcDatetime = Field(default_factory=utc_now)
 
 
 class KeyProcessed(Event):
