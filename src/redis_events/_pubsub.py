@@ -70,6 +70,9 @@ class PubSubReader:
         self._confirmations: dict[tuple[str, str], anyio.Event] = {}
         self._ping_outstanding = False
         self._was_connected = False
+        # Set by the consumer while it waits for a handler slot, that is
+        # while nothing reads from the connection.
+        self.stalled = False
         self._backoff = Backoff(
             base=settings.reconnect_backoff_base, cap=settings.reconnect_backoff_cap
         )
@@ -93,6 +96,9 @@ class PubSubReader:
         self, channels: Iterable[str] = (), patterns: Iterable[str] = ()
     ) -> None:
         """Add channels and patterns, and wait until Redis confirms them.
+
+        While every handler slot is busy (``stalled``), the confirmation can
+        only be read once a slot frees up, and this waits that long.
 
         Raises:
             RedisUnavailableError: Redis did not confirm in time; the
@@ -120,14 +126,31 @@ class PubSubReader:
                 if new_patterns:
                     await pubsub.psubscribe(*new_patterns)
 
+            with anyio.move_on_after(self._settings.socket_timeout) as wait_scope:
                 for event in waits:
                     await event.wait()
         except (TimeoutError, *RETRYABLE_ERRORS) as exc:
-            raise RedisUnavailableError(
-                "subscription not confirmed by Redis at "
-                f"{self._settings.masked_url} ({type(exc).__name__}); it stays "
-                "registered and is restored when the connection comes back"
-            ) from exc
+            raise self._not_confirmed(type(exc).__name__) from exc
+
+        if not wait_scope.cancelled_caught:
+            return
+
+        if not self.stalled:
+            raise self._not_confirmed("no confirmation in time")
+
+        # Confirmations arrive behind the messages that wait for a handler
+        # slot, so they cannot be read before a slot frees up: wait that
+        # long, since Redis itself is fine. A lost connection ends the wait
+        # too (the subscription is then restored on reconnect).
+        for event in waits:
+            await event.wait()
+
+    def _not_confirmed(self, why: str) -> RedisUnavailableError:
+        return RedisUnavailableError(
+            f"subscription not confirmed by Redis at {self._settings.masked_url} "
+            f"({why}); it stays registered and is restored when the connection "
+            "comes back"
+        )
 
     async def unsubscribe(
         self, channels: Iterable[str] = (), patterns: Iterable[str] = ()

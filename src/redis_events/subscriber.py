@@ -389,10 +389,14 @@ class EventSubscriber(Endpoint):
                 self._stats.events_received += 1
 
             group.subscriptions.add(subscription)
-            await self._dispatch(frame, group, dispatcher)
+            await self._dispatch(frame, group, reader, dispatcher)
 
     async def _dispatch(
-        self, frame: Frame, group: _Group, dispatcher: Dispatcher
+        self,
+        frame: Frame,
+        group: _Group,
+        reader: PubSubReader,
+        dispatcher: Dispatcher,
     ) -> None:
         if frame.pattern is None:
             handlers = self._channel_handlers.get(frame.channel, ())
@@ -424,7 +428,11 @@ class EventSubscriber(Endpoint):
         )
         for handler in todo:
             group.called.append(handler)
-            await dispatcher.submit(handler, delivery)
+            reader.stalled = True
+            try:
+                await dispatcher.submit(handler, delivery)
+            finally:
+                reader.stalled = False
 
     def _check_not_running(self, method: str) -> None:
         if self._reader is not None:
