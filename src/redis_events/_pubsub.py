@@ -21,7 +21,7 @@ from redis_events._connection import RETRYABLE_ERRORS, Backoff, translate_error
 from redis_events.exceptions import RedisEventsError, RedisUnavailableError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Awaitable, Callable, Iterable
 
     from redis.asyncio import Redis
     from redis.asyncio.client import PubSub
@@ -43,19 +43,24 @@ class HealthCheckFailedError(Exception):
 
 @dataclass(slots=True, frozen=True)
 class Frame:
-    """One message as Redis sent it to this connection."""
+    """One message as Redis sent it to this connection.
+
+    ``generation`` counts the connections the reader has opened, so frames
+    read before and after a reconnect are never mistaken for one publish.
+    """
 
     channel: str
     pattern: str | None
     data: bytes
+    generation: int
 
 
 class PubSubReader:
     """Keep one PubSub connection subscribed to a set of channels and patterns.
 
-    ``receive()`` returns the next message. When the connection is lost, or an
-    idle PING is not answered within ``health_check_interval``, it reconnects
-    with capped exponential backoff and jitter, and subscribes again to every
+    ``run()`` passes each message on. When the connection is lost, or an idle
+    PING is not answered within ``health_check_interval``, it reconnects with
+    capped exponential backoff and jitter, and subscribes again to every
     channel and pattern before it reads on.
     """
 
@@ -66,9 +71,9 @@ class PubSubReader:
         self._channels: set[str] = set()
         self._patterns: set[str] = set()
         self._pubsub: PubSub | None = None
-        self._changed = anyio.Event()
         self._confirmations: dict[tuple[str, str], anyio.Event] = {}
-        self._ping_outstanding = False
+        self._activity = 0
+        self.generation = 0
         self._was_connected = False
         # Set by the consumer while it waits for a handler slot, that is
         # while nothing reads from the connection.
@@ -111,7 +116,6 @@ class PubSubReader:
 
         self._channels.update(new_channels)
         self._patterns.update(new_patterns)
-        self._wake()
         pubsub = self._pubsub
         if pubsub is None:
             return
@@ -185,31 +189,27 @@ class PubSubReader:
         if self._pubsub is None:
             await self._open()
 
-    async def receive(self) -> Frame:
-        """Return the next message, reconnecting as often as needed.
+    async def run(self, on_frame: Callable[[Frame], Awaitable[None]]) -> None:
+        """Read messages forever and pass each to ``on_frame``.
+
+        Reconnects as often as needed. ``on_frame`` may wait (for a handler
+        slot, say); set ``stalled`` while it does, so that the silence it
+        causes is not taken for a dead server.
 
         Note:
-            Waits without limit while nothing is subscribed. Cancelling the
-            caller is safe at any point; the connection is kept.
+            Cancelling the caller is safe at any point; the connection is
+            kept until ``aclose()``.
         """
         while True:
-            if not self._channels and not self._patterns:
-                self._changed = anyio.Event()
-                await self._changed.wait()
-                continue
-
-            if self._pubsub is None:
+            pubsub = self._pubsub
+            if pubsub is None:
                 await self._reconnect()
                 continue
 
             try:
-                frame = await self._read(self._pubsub)
+                await self._read(pubsub, on_frame)
             except (HealthCheckFailedError, *RETRYABLE_ERRORS) as exc:
                 await self._lose(exc)
-                continue
-
-            if frame is not None:
-                return frame
 
     async def aclose(self) -> None:
         """Unsubscribe everything and give the connection back."""
@@ -217,36 +217,69 @@ class PubSubReader:
         self._patterns.clear()
         await self._drop()
 
-    async def _read(self, pubsub: PubSub) -> Frame | None:
-        # Half the interval per wait: one silent wait sends a PING, a second
-        # silent wait proves the server is gone, within one interval.
-        wait = self._settings.health_check_interval / 2
-        message: dict[str, Any] | None = await pubsub.get_message(timeout=wait)
-        if message is None:
-            if self._ping_outstanding:
-                msg = "no reply to PING within the health-check interval"
-                raise HealthCheckFailedError(msg)
+    async def _read(
+        self, pubsub: PubSub, on_frame: Callable[[Frame], Awaitable[None]]
+    ) -> None:
+        # Reads block without a timeout: a timeout per read costs more than
+        # the read itself. A watchdog task notices silence instead.
+        error: BaseException | None = None
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(self._watch, pubsub, task_group.cancel_scope)
+            try:
+                while True:
+                    message = await pubsub.get_message(timeout=None)
+                    self._activity += 1
+                    if message is not None:
+                        await self._handle(message, on_frame)
+            except RETRYABLE_ERRORS as exc:
+                error = exc
+                task_group.cancel_scope.cancel()
 
-            self._ping_outstanding = True
-            await pubsub.ping()
-            return None
+        if error is not None:
+            raise error
 
-        self._ping_outstanding = False
+        msg = "no reply to PING within the health-check interval"
+        raise HealthCheckFailedError(msg)
+
+    async def _handle(
+        self, message: dict[str, Any], on_frame: Callable[[Frame], Awaitable[None]]
+    ) -> None:
         kind = message["type"]
         if kind in _MESSAGE_TYPES:
             pattern = message["pattern"]
-            return Frame(
-                channel=_text(message["channel"]),
-                pattern=_text(pattern) if pattern is not None else None,
-                data=message["data"],
+            await on_frame(
+                Frame(
+                    channel=_text(message["channel"]),
+                    pattern=_text(pattern) if pattern is not None else None,
+                    data=message["data"],
+                    generation=self.generation,
+                )
             )
-
-        if kind in _CONFIRM_TYPES:
+        elif kind in _CONFIRM_TYPES:
             event = self._confirmations.pop((kind, _text(message["channel"])), None)
             if event is not None:
                 event.set()
 
-        return None
+    async def _watch(self, pubsub: PubSub, session: anyio.CancelScope) -> None:
+        # Half the interval per look: one silent half sends a PING, a second
+        # silent half proves the server is gone, within one interval.
+        seen = self._activity
+        pinged = False
+        while True:
+            await anyio.sleep(self._settings.health_check_interval / 2)
+            if self._activity != seen or self.stalled:
+                seen = self._activity
+                pinged = False
+            elif pinged:
+                session.cancel()
+                return
+            else:
+                pinged = True
+                try:
+                    await pubsub.ping()
+                except RETRYABLE_ERRORS:
+                    session.cancel()
+                    return
 
     async def _open(self) -> None:
         pubsub = self._client.pubsub()
@@ -273,7 +306,7 @@ class PubSubReader:
             raise
 
         self._pubsub = pubsub
-        self._ping_outstanding = False
+        self.generation += 1
         if self._was_connected:
             self._stats.reconnects += 1
             logger.info(
@@ -341,9 +374,6 @@ class PubSubReader:
         event = anyio.Event()
         self._confirmations[(kind, name)] = event
         return event
-
-    def _wake(self) -> None:
-        self._changed.set()
 
 
 def _text(value: bytes | str) -> str:

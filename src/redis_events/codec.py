@@ -9,6 +9,7 @@ no model decodes to a plain ``dict``.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from typing import Any, TypeAlias
 
@@ -39,6 +40,10 @@ _PLAIN_OBJECT: TypeAdapter[dict[str, Any]] = TypeAdapter(dict[str, Any])
 _REVEAL = {REVEAL_SECRETS: True}
 _MAX_REASONS = 3
 _NOT_FINITE = "numbers must be finite (no NaN, Infinity or out-of-range values)"
+# A float overflows only past 1.8e308: that takes a literal NaN or Infinity,
+# an exponent of three digits, or a hundred digits in a row (99 digits with a
+# two-digit exponent stay below 1e200).
+_MAY_BE_NON_FINITE = re.compile(rb"NaN|Infinity|[\d.][eE]\+?\d{3,}(?=[\s,\]}])|\d{100}")
 
 
 def validate_topic(topic: str) -> str:
@@ -80,6 +85,9 @@ class EventRegistry:
     ) -> None:
         self.max_event_bytes = max_event_bytes
         self._adapters: dict[str, TypeAdapter[Any]] = {}
+        # Topics whose model has a float or an Any somewhere, which pydantic
+        # fills with NaN or inf when the JSON says so.
+        self._may_hold_floats: set[str] = set()
         if include_defaults:
             self.register(c.KEY_SUBMISSION_TOPIC, KeySubmitted)
             self.register(c.PROFILE_EVENTS_TOPIC, ProfileEvent)
@@ -95,7 +103,11 @@ class EventRegistry:
         Raises:
             ConfigurationError: The topic name is not usable.
         """
-        self._adapters[validate_topic(topic)] = TypeAdapter(model)
+        adapter: TypeAdapter[Any] = TypeAdapter(model)
+        self._adapters[validate_topic(topic)] = adapter
+        self._may_hold_floats.discard(topic)
+        if _has_float_schema(adapter.core_schema):
+            self._may_hold_floats.add(topic)
 
     def topics(self) -> list[str]:
         """Return the topics that have a model, sorted."""
@@ -107,6 +119,7 @@ class EventRegistry:
             max_event_bytes=self.max_event_bytes, include_defaults=False
         )
         other._adapters = dict(self._adapters)
+        other._may_hold_floats = set(self._may_hold_floats)
         return other
 
     def decode(self, topic: str, data: bytes | str) -> DecodedEvent:
@@ -125,7 +138,11 @@ class EventRegistry:
             reason = f"{size} bytes is above the limit of {self.max_event_bytes}"
             raise EventTooLargeError(reason, topic=topic)
 
-        adapter = self._adapters.get(topic, _PLAIN_OBJECT)
+        adapter = self._adapters.get(topic)
+        may_hold_floats = adapter is None or topic in self._may_hold_floats
+        if adapter is None:
+            adapter = _PLAIN_OBJECT
+
         try:
             value = adapter.validate_json(data)
         except ValidationError as exc:
@@ -138,7 +155,12 @@ class EventRegistry:
         # pydantic's JSON parser reads NaN, Infinity and out-of-range numbers
         # as non-finite floats; JSON has no such numbers, and passing them on
         # would change the event (they are written back as null or strings).
-        if not _finite(value):
+        # Only values that can hold one, from text that can, are walked.
+        if (
+            may_hold_floats
+            and _MAY_BE_NON_FINITE.search(_as_bytes(data))
+            and not _finite(value)
+        ):
             raise EventDecodeError(_NOT_FINITE, topic=topic)
 
         return value
@@ -196,6 +218,34 @@ class EventRegistry:
         except PydanticSerializationError as exc:
             reason = f"not JSON-serializable ({_first_line(exc)})"
             raise EventEncodeError(reason, topic=topic) from None
+
+
+def _has_float_schema(schema: object) -> bool:
+    """Tell whether a pydantic core schema has a float or Any anywhere."""
+    pending = [schema]
+    seen: set[int] = set()
+    while pending:
+        node = pending.pop()
+        if id(node) in seen:
+            continue
+
+        seen.add(id(node))
+        if isinstance(node, dict):
+            if node.get("type") in {"float", "any"}:
+                return True
+
+            pending.extend(node.values())
+        elif isinstance(node, list | tuple):
+            pending.extend(node)
+
+    return False
+
+
+def _as_bytes(data: bytes | str) -> bytes:
+    if isinstance(data, str):
+        return data.encode("utf-8", "surrogatepass")
+
+    return data
 
 
 def _plain_json(topic: str, value: object) -> bytes:

@@ -1,9 +1,9 @@
 """Run handlers under a concurrency limit, with timeouts and a graceful drain.
 
 The dispatcher is transport-agnostic: a reader hands it ``(handler,
-delivery)`` jobs with ``submit``, which waits for a free slot. Backpressure is
-the limit itself: while every slot is busy, ``submit`` does not return, so the
-reader does not read.
+delivery)`` jobs with ``submit``, which waits for an idle worker. Backpressure
+is the limit itself: while every worker is busy, ``submit`` does not return,
+so the reader does not read.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import functools
 import inspect
 import logging
 import math
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -22,8 +23,6 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import anyio
 
 if TYPE_CHECKING:
-    from anyio.abc import TaskGroup
-
     from redis_events.codec import DecodedEvent
 
 __all__ = [
@@ -38,6 +37,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 Handler: TypeAlias = Callable[[str, Any], Awaitable[object] | object]
+_Job: TypeAlias = tuple[Handler, "Delivery"]
 
 _current: contextvars.ContextVar[Delivery] = contextvars.ContextVar(
     "redis_events_delivery"
@@ -115,8 +115,34 @@ class Stats:
         return counters | self.extra
 
 
+class _Mailbox:
+    """Where one idle worker waits for its next job (``None`` = stop)."""
+
+    __slots__ = ("_arrived", "_job")
+
+    def __init__(self) -> None:
+        self._arrived = anyio.Event()
+        self._job: _Job | None = None
+
+    def deliver(self, job: _Job) -> None:
+        self._job = job
+        self._arrived.set()
+
+    def close(self) -> None:
+        self._arrived.set()
+
+    async def receive(self) -> _Job | None:
+        await self._arrived.wait()
+        return self._job
+
+
 class Dispatcher:
-    """Run handler calls in an anyio task group, at most ``max_concurrency``.
+    """Run handler calls on ``max_concurrency`` worker tasks.
+
+    The workers are started once, when ``running()`` is entered, and take
+    jobs from ``submit`` one at a time: no task is created per event, and a
+    job is handed over only to an idle worker, so nothing queues up in
+    memory.
 
     Note:
         When the block of ``running()`` ends, or the task running it is
@@ -135,88 +161,122 @@ class Dispatcher:
         stats: Stats,
         on_outcome: Callable[[Delivery, Outcome], None] | None = None,
     ) -> None:
-        self._slots = anyio.Semaphore(max_concurrency)
+        self._workers = max_concurrency
         self._handler_timeout = handler_timeout or math.inf
         self._shutdown_timeout = shutdown_timeout
         self._stats = stats
         self._on_outcome = on_outcome
-        self._task_group: TaskGroup | None = None
+        self._running = False
+        self._idle: deque[_Mailbox] = deque()
+        self._worker_freed = anyio.Event()
         self._scopes: set[anyio.CancelScope] = set()
-        self._drain_deadline: float | None = None
+        self._drain_deadline = math.inf
+        self._async_handlers: dict[Handler, bool] = {}
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
         """Accept jobs inside the block; drain them when it ends."""
-        self._drain_deadline = None
+        self._drain_deadline = math.inf
+        self._running = True
         async with anyio.create_task_group() as task_group:
-            self._task_group = task_group
+            for _ in range(self._workers):
+                task_group.start_soon(self._work)
+
             try:
                 yield
             finally:
-                self._task_group = None
+                self._running = False
+                self._worker_freed.set()
+                while self._idle:
+                    self._idle.popleft().close()
+
                 self.drain(self._shutdown_timeout)
 
     def drain(self, timeout: float) -> None:
         """Give every call in flight at most ``timeout`` more seconds."""
-        deadline = anyio.current_time() + timeout
-        if self._drain_deadline is None or deadline < self._drain_deadline:
-            self._drain_deadline = deadline
-
+        self._drain_deadline = min(self._drain_deadline, anyio.current_time() + timeout)
         for scope in self._scopes:
-            scope.deadline = min(scope.deadline, deadline)
+            scope.deadline = min(scope.deadline, self._drain_deadline)
 
     async def submit(self, handler: Handler, delivery: Delivery) -> None:
-        """Start ``handler`` on ``delivery`` as soon as a slot is free.
+        """Hand ``handler`` and ``delivery`` to the next idle worker.
+
+        Waits while every worker is busy: that wait is the backpressure.
 
         Raises:
             RuntimeError: Called outside ``running()``.
         """
-        await self._slots.acquire()
-        task_group = self._task_group
-        if task_group is None:
-            self._slots.release()
+        while not self._idle:
+            if not self._running:
+                msg = "the dispatcher is not running"
+                raise RuntimeError(msg)
+
+            self._worker_freed = anyio.Event()
+            await self._worker_freed.wait()
+
+        if not self._running:
             msg = "the dispatcher is not running"
             raise RuntimeError(msg)
 
-        self._stats.in_flight += 1
-        task_group.start_soon(self._run, handler, delivery)
+        self._idle.popleft().deliver((handler, delivery))
 
-    async def _run(self, handler: Handler, delivery: Delivery) -> None:
-        outcome = Outcome.CANCELLED
+    async def _work(self) -> None:
         # Shielded so that stopping the reader, or cancelling the task that
         # owns the task group, does not cut a handler short; the deadline set
         # by drain() bounds the wait instead.
-        scope = anyio.CancelScope(shield=True)
-        if self._drain_deadline is not None:
+        job: _Job | None = None
+        mailbox = _Mailbox()
+        with anyio.CancelScope(shield=True) as scope:
             scope.deadline = self._drain_deadline
+            self._scopes.add(scope)
+            while self._running:
+                mailbox = _Mailbox()
+                self._idle.append(mailbox)
+                self._worker_freed.set()
+                job = await mailbox.receive()
+                if job is None:
+                    break
 
-        self._scopes.add(scope)
-        try:
-            with scope:
-                outcome = await self._call(handler, delivery)
+                self._stats.in_flight += 1
+                outcome = await self._call(*job)
+                self._stats.in_flight -= 1
+                self._report(job[1], outcome)
+                job = None
 
-            if scope.cancelled_caught:
-                self._stats.handlers_cancelled += 1
-                logger.warning(
-                    "Handler %s was cancelled at shutdown on topic %s (event %s)",
-                    _name(handler),
-                    delivery.topic,
-                    delivery.event_id,
-                    extra={"topic": delivery.topic, "event_id": delivery.event_id},
-                )
-        finally:
-            self._scopes.discard(scope)
+        self._scopes.discard(scope)
+        if mailbox in self._idle:
+            # Cancelled while idle: no job may be handed to this worker now.
+            self._idle.remove(mailbox)
+
+        if job is not None:
             self._stats.in_flight -= 1
-            self._slots.release()
-            if self._on_outcome is not None:
-                self._on_outcome(delivery, outcome)
+            self._stats.handlers_cancelled += 1
+            handler, delivery = job
+            logger.warning(
+                "Handler %s was cancelled at shutdown on topic %s (event %s)",
+                _name(handler),
+                delivery.topic,
+                delivery.event_id,
+                extra={"topic": delivery.topic, "event_id": delivery.event_id},
+            )
+            self._report(delivery, Outcome.CANCELLED)
+
+    def _report(self, delivery: Delivery, outcome: Outcome) -> None:
+        if self._on_outcome is not None:
+            self._on_outcome(delivery, outcome)
 
     async def _call(self, handler: Handler, delivery: Delivery) -> Outcome:
         _current.set(delivery)
-        extra = {"topic": delivery.topic, "event_id": delivery.event_id}
+        try:
+            is_async = self._async_handlers[handler]
+        except KeyError:
+            is_async = self._async_handlers[handler] = _is_async(handler)
+        except TypeError:  # an unhashable callable object
+            is_async = _is_async(handler)
+
         with anyio.move_on_after(self._handler_timeout) as timeout_scope:
             try:
-                if _is_async(handler):
+                if is_async:
                     await handler(delivery.topic, delivery.event)  # type: ignore[misc]
                 else:
                     await anyio.to_thread.run_sync(
@@ -229,7 +289,7 @@ class Dispatcher:
                     _name(handler),
                     delivery.topic,
                     delivery.event_id,
-                    extra=extra,
+                    extra={"topic": delivery.topic, "event_id": delivery.event_id},
                 )
                 return Outcome.FAILED
 
@@ -241,7 +301,7 @@ class Dispatcher:
                 self._handler_timeout,
                 delivery.topic,
                 delivery.event_id,
-                extra=extra,
+                extra={"topic": delivery.topic, "event_id": delivery.event_id},
             )
             return Outcome.TIMED_OUT
 

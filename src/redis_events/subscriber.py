@@ -43,11 +43,19 @@ class _Group:
     PUBLISH until a subscription repeats, which starts the next one.
     """
 
-    __slots__ = ("called", "channel", "data", "decoded", "subscriptions")
+    __slots__ = (
+        "called",
+        "channel",
+        "data",
+        "decoded",
+        "generation",
+        "subscriptions",
+    )
 
     def __init__(self, frame: Frame | None = None) -> None:
         self.channel = frame.channel if frame else None
         self.data = frame.data if frame else None
+        self.generation = frame.generation if frame else -1
         self.subscriptions: set[tuple[bool, str]] = set()
         # Handlers themselves, not their ids: ``obj.method`` makes a new bound
         # method object on every access, but equal ones compare equal.
@@ -57,6 +65,7 @@ class _Group:
     def takes(self, frame: Frame, subscription: tuple[bool, str]) -> bool:
         return (
             frame.channel == self.channel
+            and frame.generation == self.generation
             and subscription not in self.subscriptions
             and frame.data == self.data
         )
@@ -379,8 +388,9 @@ class EventSubscriber(Endpoint):
 
     async def _read(self, reader: PubSubReader, dispatcher: Dispatcher) -> None:
         group = _Group()
-        while True:
-            frame = await reader.receive()
+
+        async def on_frame(frame: Frame) -> None:
+            nonlocal group
             subscription = (
                 (True, frame.pattern) if frame.pattern else (False, frame.channel)
             )
@@ -390,6 +400,8 @@ class EventSubscriber(Endpoint):
 
             group.subscriptions.add(subscription)
             await self._dispatch(frame, group, reader, dispatcher)
+
+        await reader.run(on_frame)
 
     async def _dispatch(
         self,
