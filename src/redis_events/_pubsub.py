@@ -1,28 +1,28 @@
-"""The pub/sub transport: PUBLISH on one side, a self-healing PubSub reader on
-the other.
+"""The pub/sub transport's reader: one self-healing PubSub connection.
 
 Pub/sub is at-most-once: Redis drops a message for which no client is
 subscribed at that moment, and cuts a subscriber that falls behind by more
-than its output-buffer limit. The reader here restores every channel and
-pattern after a lost connection, but it cannot bring back what was published
-while it was away.
+than its output-buffer limit. The reader restores every channel and pattern
+after a lost connection, but it cannot bring back what was published while it
+was away. Publishing is one command and lives in ``publisher``.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
 from redis import RedisError
+from redis.exceptions import ResponseError
 
+from redis_events._commands import PendingCommand, PendingCommands
 from redis_events._connection import RETRYABLE_ERRORS, Backoff, translate_error
 from redis_events.exceptions import RedisEventsError, RedisUnavailableError
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Iterable
-
     from redis.asyncio import Redis
     from redis.asyncio.client import PubSub
 
@@ -34,7 +34,11 @@ __all__ = ["Frame", "PubSubReader"]
 logger = logging.getLogger(__name__)
 
 _MESSAGE_TYPES = frozenset({"message", "pmessage"})
-_CONFIRM_TYPES = frozenset({"subscribe", "psubscribe"})
+_SUBSCRIPTION_TYPES = frozenset(
+    {"subscribe", "psubscribe", "unsubscribe", "punsubscribe"}
+)
+
+OnFrame = Callable[["Frame"], Awaitable[None]]
 
 
 class HealthCheckFailedError(Exception):
@@ -45,12 +49,13 @@ class HealthCheckFailedError(Exception):
 class Frame:
     """One message as Redis sent it to this connection.
 
-    ``generation`` counts the connections the reader has opened, so frames
-    read before and after a reconnect are never mistaken for one publish.
+    ``generation`` changes with every reconnect and every change of the
+    subscriptions that Redis has confirmed, so frames on either side of such
+    a change are never mistaken for copies of one publish.
     """
 
-    channel: str
-    pattern: str | None
+    channel: bytes
+    pattern: bytes | None
     data: bytes
     generation: int
 
@@ -71,8 +76,12 @@ class PubSubReader:
         self._channels: set[str] = set()
         self._patterns: set[str] = set()
         self._pubsub: PubSub | None = None
-        self._confirmations: dict[tuple[str, str], anyio.Event] = {}
+        self._live = anyio.Event()
+        self._pending = PendingCommands()
+        self._early: list[Frame] = []
+        self._started = False
         self._activity = 0
+        self._opened_at = 0.0
         self.generation = 0
         self._was_connected = False
         # Set by the consumer while it waits for a handler slot, that is
@@ -87,27 +96,21 @@ class PubSubReader:
         """Tell whether the reader holds a subscribed connection now."""
         return self._pubsub is not None
 
-    @property
-    def channels(self) -> frozenset[str]:
-        """The channels this reader keeps subscribed."""
-        return frozenset(self._channels)
-
-    @property
-    def patterns(self) -> frozenset[str]:
-        """The patterns this reader keeps subscribed."""
-        return frozenset(self._patterns)
-
     async def subscribe(
         self, channels: Iterable[str] = (), patterns: Iterable[str] = ()
     ) -> None:
         """Add channels and patterns, and wait until Redis confirms them.
 
-        While every handler slot is busy (``stalled``), the confirmation can
-        only be read once a slot frees up, and this waits that long.
+        Before ``connect()`` this only registers them. While every handler
+        slot is busy (``stalled``) the confirmation cannot be read yet; then
+        this returns once the command is sent and ``socket_timeout`` passed.
 
         Raises:
-            RedisUnavailableError: Redis did not confirm in time; the
-                subscription stays registered and is restored on reconnect.
+            RedisUnavailableError: Not confirmed in time, or the connection
+                was lost; the subscription stays registered and is restored
+                on reconnect.
+            PermissionDeniedError: Redis refused the subscription; it is
+                dropped.
         """
         new_channels = [ch for ch in channels if ch not in self._channels]
         new_patterns = [p for p in patterns if p not in self._patterns]
@@ -116,45 +119,49 @@ class PubSubReader:
 
         self._channels.update(new_channels)
         self._patterns.update(new_patterns)
-        pubsub = self._pubsub
-        if pubsub is None:
+        if not self._started:
             return
 
-        waits = [self._expect("subscribe", ch) for ch in new_channels]
-        waits += [self._expect("psubscribe", p) for p in new_patterns]
+        timeout = self._settings.socket_timeout
+        pubsub = self._pubsub
+        if pubsub is None:
+            # Reconnecting: the next connection subscribes to the new names
+            # before it goes live.
+            with anyio.move_on_after(timeout + self._settings.socket_connect_timeout):
+                await self._live.wait()
+                return
+
+            raise self._not_confirmed("not connected")
+
+        commands = await self._send_subscribe(pubsub, new_channels, new_patterns)
+        with anyio.move_on_after(timeout) as wait_scope:
+            for command in commands:
+                await command.wait()
+
+        for command in commands:
+            if command.error is not None:
+                raise command.error
+
+        if wait_scope.cancelled_caught and not self.stalled:
+            raise self._not_confirmed("no confirmation in time")
+
+    async def _send_subscribe(
+        self, pubsub: PubSub, channels: list[str], patterns: list[str]
+    ) -> list[PendingCommand]:
+        commands = []
         try:
             with anyio.fail_after(self._settings.socket_timeout):
-                if new_channels:
-                    await pubsub.subscribe(*new_channels)
+                if channels:
+                    commands.append(self._pending.add("subscribe", channels))
+                    await pubsub.subscribe(*channels)
 
-                if new_patterns:
-                    await pubsub.psubscribe(*new_patterns)
-
-            with anyio.move_on_after(self._settings.socket_timeout) as wait_scope:
-                for event in waits:
-                    await event.wait()
+                if patterns:
+                    commands.append(self._pending.add("psubscribe", patterns))
+                    await pubsub.psubscribe(*patterns)
         except (TimeoutError, *RETRYABLE_ERRORS) as exc:
             raise self._not_confirmed(type(exc).__name__) from exc
 
-        if not wait_scope.cancelled_caught:
-            return
-
-        if not self.stalled:
-            raise self._not_confirmed("no confirmation in time")
-
-        # Confirmations arrive behind the messages that wait for a handler
-        # slot, so they cannot be read before a slot frees up: wait that
-        # long, since Redis itself is fine. A lost connection ends the wait
-        # too (the subscription is then restored on reconnect).
-        for event in waits:
-            await event.wait()
-
-    def _not_confirmed(self, why: str) -> RedisUnavailableError:
-        return RedisUnavailableError(
-            f"subscription not confirmed by Redis at {self._settings.masked_url} "
-            f"({why}); it stays registered and is restored when the connection "
-            "comes back"
-        )
+        return commands
 
     async def unsubscribe(
         self, channels: Iterable[str] = (), patterns: Iterable[str] = ()
@@ -186,10 +193,11 @@ class PubSubReader:
             RedisUnavailableError: Redis cannot be reached.
             PermissionDeniedError: The user may not subscribe.
         """
+        self._started = True
         if self._pubsub is None:
             await self._open()
 
-    async def run(self, on_frame: Callable[[Frame], Awaitable[None]]) -> None:
+    async def run(self, on_frame: OnFrame) -> None:
         """Read messages forever and pass each to ``on_frame``.
 
         Reconnects as often as needed. ``on_frame`` may wait (for a handler
@@ -200,6 +208,7 @@ class PubSubReader:
             Cancelling the caller is safe at any point; the connection is
             kept until ``aclose()``.
         """
+        self._started = True
         while True:
             pubsub = self._pubsub
             if pubsub is None:
@@ -215,11 +224,13 @@ class PubSubReader:
         """Unsubscribe everything and give the connection back."""
         self._channels.clear()
         self._patterns.clear()
-        await self._drop()
+        await self._drop(RedisUnavailableError("the subscriber was closed"))
 
-    async def _read(
-        self, pubsub: PubSub, on_frame: Callable[[Frame], Awaitable[None]]
-    ) -> None:
+    async def _read(self, pubsub: PubSub, on_frame: OnFrame) -> None:
+        early, self._early = self._early, []
+        for frame in early:
+            await on_frame(frame)
+
         # Reads block without a timeout: a timeout per read costs more than
         # the read itself. A watchdog task notices silence instead.
         error: BaseException | None = None
@@ -227,10 +238,17 @@ class PubSubReader:
             task_group.start_soon(self._watch, pubsub, task_group.cancel_scope)
             try:
                 while True:
-                    message = await pubsub.get_message(timeout=None)
+                    try:
+                        message = await pubsub.get_message(timeout=None)
+                    except ResponseError as exc:
+                        self._refused(exc)
+                        continue
+
                     self._activity += 1
                     if message is not None:
-                        await self._handle(message, on_frame)
+                        received = self._frame(message)
+                        if received is not None:
+                            await on_frame(received)
             except RETRYABLE_ERRORS as exc:
                 error = exc
                 task_group.cancel_scope.cancel()
@@ -241,24 +259,39 @@ class PubSubReader:
         msg = "no reply to PING within the health-check interval"
         raise HealthCheckFailedError(msg)
 
-    async def _handle(
-        self, message: dict[str, Any], on_frame: Callable[[Frame], Awaitable[None]]
-    ) -> None:
+    def _frame(self, message: dict[str, Any]) -> Frame | None:
         kind = message["type"]
         if kind in _MESSAGE_TYPES:
-            pattern = message["pattern"]
-            await on_frame(
-                Frame(
-                    channel=_text(message["channel"]),
-                    pattern=_text(pattern) if pattern is not None else None,
-                    data=message["data"],
-                    generation=self.generation,
-                )
+            return Frame(
+                channel=message["channel"],
+                pattern=message["pattern"],
+                data=message["data"],
+                generation=self.generation,
             )
-        elif kind in _CONFIRM_TYPES:
-            event = self._confirmations.pop((kind, _text(message["channel"])), None)
-            if event is not None:
-                event.set()
+
+        if kind in _SUBSCRIPTION_TYPES:
+            # Redis writes all copies of one publish before it answers a
+            # (un)subscribe, so a confirmation is a clean boundary.
+            self.generation += 1
+            self._pending.confirm(kind, message["channel"])
+
+        return None
+
+    def _refused(self, exc: ResponseError) -> None:
+        command = self._pending.fail_first()
+        names = command.names if command else []
+        error = translate_error(
+            exc,
+            operation=command.kind.upper() if command else "SUBSCRIBE",
+            settings=self._settings,
+            topic=", ".join(names) if names else None,
+        )
+        if command is not None:
+            self._channels.difference_update(names)
+            self._patterns.difference_update(names)
+            command.fail(error)
+
+        logger.error("Redis refused a subscription: %s", error)
 
     async def _watch(self, pubsub: PubSub, session: anyio.CancelScope) -> None:
         # Half the interval per look: one silent half sends a PING, a second
@@ -288,11 +321,7 @@ class PubSubReader:
                 self._settings.socket_connect_timeout + self._settings.socket_timeout
             ):
                 await pubsub.connect()  # type: ignore[no-untyped-call]  # untyped upstream
-                if self._channels:
-                    await pubsub.subscribe(*self._channels)
-
-                if self._patterns:
-                    await pubsub.psubscribe(*self._patterns)
+                await self._subscribe_all(pubsub)
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped upstream
@@ -306,6 +335,8 @@ class PubSubReader:
             raise
 
         self._pubsub = pubsub
+        self._live.set()
+        self._opened_at = anyio.current_time()
         self.generation += 1
         if self._was_connected:
             self._stats.reconnects += 1
@@ -324,7 +355,50 @@ class PubSubReader:
             )
 
         self._was_connected = True
-        self._backoff.reset()
+
+    async def _subscribe_all(self, pubsub: PubSub) -> None:
+        """Subscribe a new connection to everything, until nothing is missing.
+
+        Names added while this runs are picked up by the next round; messages
+        that arrive meanwhile are kept for ``run()``.
+        """
+        channels: set[str] = set()
+        patterns: set[str] = set()
+        while True:
+            new_channels = self._channels - channels
+            new_patterns = self._patterns - patterns
+            if not new_channels and not new_patterns:
+                break
+
+            expected: set[tuple[str, bytes]] = set()
+            if new_channels:
+                await pubsub.subscribe(*new_channels)
+                channels |= new_channels
+                expected |= {("subscribe", ch.encode()) for ch in new_channels}
+
+            if new_patterns:
+                await pubsub.psubscribe(*new_patterns)
+                patterns |= new_patterns
+                expected |= {("psubscribe", p.encode()) for p in new_patterns}
+
+            while expected:
+                message = await pubsub.get_message(timeout=None)
+                if message is None:
+                    continue
+
+                frame = self._frame(message)
+                if frame is not None:
+                    self._early.append(frame)
+                else:
+                    expected.discard((message["type"], message["channel"]))
+
+        stale_channels = channels - self._channels
+        stale_patterns = patterns - self._patterns
+        if stale_channels:
+            await pubsub.unsubscribe(*stale_channels)
+
+        if stale_patterns:
+            await pubsub.punsubscribe(*stale_patterns)
 
     async def _reconnect(self) -> None:
         while True:
@@ -358,26 +432,28 @@ class PubSubReader:
             type(exc).__name__,
             exc,
         )
-        await self._drop()
+        lived = anyio.current_time() - self._opened_at
+        await self._drop(self._not_confirmed("connection lost"))
+        if lived >= self._settings.health_check_interval:
+            self._backoff.reset()
+            return
 
-    async def _drop(self) -> None:
+        # A connection that dies soon after it opened (a flapping proxy, an
+        # output-buffer limit hit again and again) must not be reopened in a
+        # tight loop.
+        await anyio.sleep(self._backoff.next_delay())
+
+    async def _drop(self, reason: RedisEventsError) -> None:
         pubsub, self._pubsub = self._pubsub, None
-        for event in self._confirmations.values():
-            event.set()
-
-        self._confirmations.clear()
+        self._live = anyio.Event()
+        self._pending.fail_all(reason)
         if pubsub is not None:
             with anyio.CancelScope(shield=True):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped upstream
 
-    def _expect(self, kind: str, name: str) -> anyio.Event:
-        event = anyio.Event()
-        self._confirmations[(kind, name)] = event
-        return event
-
-
-def _text(value: bytes | str) -> str:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-
-    return value
+    def _not_confirmed(self, why: str) -> RedisUnavailableError:
+        return RedisUnavailableError(
+            f"subscription not confirmed by Redis at {self._settings.masked_url} "
+            f"({why}); it stays registered and is restored when the connection "
+            "comes back"
+        )

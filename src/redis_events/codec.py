@@ -8,6 +8,7 @@ no model decodes to a plain ``dict``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Mapping
@@ -37,7 +38,6 @@ __all__ = ["DecodedEvent", "EventRegistry", "validate_topic"]
 DecodedEvent: TypeAlias = BaseModel | dict[str, Any]
 
 _PLAIN_OBJECT: TypeAdapter[dict[str, Any]] = TypeAdapter(dict[str, Any])
-_REVEAL = {REVEAL_SECRETS: True}
 _MAX_REASONS = 3
 _NOT_FINITE = "numbers must be finite (no NaN, Infinity or out-of-range values)"
 # A float overflows only past 1.8e308: that takes a literal NaN or Infinity,
@@ -168,9 +168,11 @@ class EventRegistry:
     def encode(self, topic: str, event: BaseModel | Mapping[str, Any]) -> bytes:
         """Return the JSON bytes to publish ``event`` on ``topic``.
 
-        A mapping is validated by the topic's model when there is one; a
-        mapping for a topic without a model gets an ``event_id`` and a
-        ``timestamp`` when it has none.
+        A model or a mapping is validated by the topic's model when there is
+        one; a mapping for a topic without a model gets an ``event_id`` and a
+        ``timestamp`` when it has none. Secrets (``key_value``) are written
+        in clear only for the event that is the topic's own model, never for
+        an event embedded in another or sent to a topic without a model.
 
         Raises:
             EventEncodeError: The event cannot be serialized or does not fit
@@ -178,7 +180,7 @@ class EventRegistry:
             EventTooLargeError: The encoded event is above the limit.
         """
         if isinstance(event, BaseModel):
-            data = self._dump(topic, event)
+            data = self._encode_model(topic, event)
         elif isinstance(event, Mapping):
             data = self._encode_mapping(topic, event)
         else:
@@ -207,14 +209,29 @@ class EventRegistry:
             raise EventEncodeError(_describe(exc), topic=topic) from None
 
         if isinstance(model, BaseModel):
-            return self._dump(topic, model)
+            return self._dump(topic, model, reveal=True)
 
         return _plain_json(topic, model)
 
-    @staticmethod
-    def _dump(topic: str, model: BaseModel) -> bytes:
+    def _encode_model(self, topic: str, model: BaseModel) -> bytes:
+        adapter = self._adapters.get(topic)
+        if adapter is None:
+            # Not the event this topic is for: its secrets stay redacted.
+            return self._dump(topic, model, reveal=False)
+
         try:
-            return model.__pydantic_serializer__.to_json(model, context=_REVEAL)
+            checked = adapter.validate_python(model)
+        except ValidationError as exc:
+            reason = f"not an event of this topic ({_describe(exc)})"
+            raise EventEncodeError(reason, topic=topic) from None
+
+        return self._dump(topic, checked, reveal=True)
+
+    @staticmethod
+    def _dump(topic: str, model: BaseModel, *, reveal: bool) -> bytes:
+        context = {REVEAL_SECRETS: model} if reveal else None
+        try:
+            return model.__pydantic_serializer__.to_json(model, context=context)
         except PydanticSerializationError as exc:
             reason = f"not JSON-serializable ({_first_line(exc)})"
             raise EventEncodeError(reason, topic=topic) from None
@@ -270,8 +287,11 @@ def _finite(value: object) -> bool:
     if isinstance(value, Mapping):
         return all(_finite(item) for item in value.values())
 
-    if isinstance(value, list | tuple):
+    if isinstance(value, list | tuple | set | frozenset):
         return all(_finite(item) for item in value)
+
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return all(_finite(getattr(value, f.name)) for f in dataclasses.fields(value))
 
     if isinstance(value, BaseModel):
         return all(_finite(getattr(value, name)) for name in type(value).model_fields)

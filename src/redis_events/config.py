@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ssl
 from typing import Annotated, Any, Literal
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -95,6 +95,16 @@ class Settings(BaseSettings):
         except ValueError:
             msg = "the port in the Redis URL must be a number from 0 to 65535"
             raise ValueError(msg) from None
+
+        if "@" in parts.path + parts.query + parts.fragment:
+            # An unescaped "/", "?" or "#" in a password moves it out of the
+            # network location, where neither redis-py nor the masking finds
+            # it. The message must not quote the URL.
+            msg = (
+                "the Redis URL has an '@' after the host part: percent-encode "
+                "'/', '?', '#' and '@' in the username and password"
+            )
+            raise ValueError(msg)
 
         scheme = parts.scheme
         if scheme not in SUPPORTED_SCHEMES:
@@ -186,21 +196,29 @@ def mask_url(url: str) -> str:
     """Return ``url`` with its password replaced by ``***``.
 
     Masks both forms redis-py reads: ``user:password@host`` and a
-    ``password=`` query parameter (the only form a ``unix://`` URL has).
+    ``password=`` query parameter (the only form a ``unix://`` URL has). The
+    user part is taken up to the last ``@``, so a password with unescaped
+    ``/`` or ``?`` is masked too.
     """
-    parts = urlsplit(url)
-    netloc, query = parts.netloc, parts.query
-    if parts.password is not None:
-        userinfo, _, hostport = netloc.rpartition("@")
-        netloc = f"{userinfo.split(':', 1)[0]}:***@{hostport}"
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        return url
 
-    if query:
+    masked = rest
+    at = rest.rfind("@")
+    if at != -1:
+        user, colon, _ = rest[:at].partition(":")
+        if colon:
+            masked = f"{user}:***{rest[at:]}"
+
+    location, question, query = masked.partition("?")
+    if question:
         pairs = parse_qsl(query, keep_blank_values=True)
         if any(name == "password" for name, _ in pairs):
-            masked = [(k, "***" if k == "password" else v) for k, v in pairs]
-            query = urlencode(masked, safe="*")
+            hidden = [(k, "***" if k == "password" else v) for k, v in pairs]
+            masked = f"{location}?{urlencode(hidden, safe='*')}"
 
-    return urlunsplit(parts._replace(netloc=netloc, query=query))
+    return f"{scheme}://{masked}"
 
 
 def _url_from_parts(

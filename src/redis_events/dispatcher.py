@@ -1,9 +1,13 @@
 """Run handlers under a concurrency limit, with timeouts and a graceful drain.
 
 The dispatcher is transport-agnostic: a reader hands it ``(handler,
-delivery)`` jobs with ``submit``, which waits for an idle worker. Backpressure
-is the limit itself: while every worker is busy, ``submit`` does not return,
-so the reader does not read.
+delivery)`` jobs with ``submit``. At most ``max_concurrency`` jobs are
+accepted at a time; ``submit`` waits while that many are, so the reader stops
+reading. That wait is the whole of the backpressure: nothing queues up
+elsewhere.
+
+Jobs given the same ordering key run one at a time, in submit order; jobs
+with different keys, or none, run concurrently.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import inspect
 import logging
 import math
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeAlias
@@ -37,10 +41,13 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 Handler: TypeAlias = Callable[[str, Any], Awaitable[object] | object]
-_Job: TypeAlias = tuple[Handler, "Delivery"]
+_Job: TypeAlias = tuple[Handler, "Delivery", Hashable | None]
 
 _current: contextvars.ContextVar[Delivery] = contextvars.ContextVar(
     "redis_events_delivery"
+)
+_current_dispatcher: contextvars.ContextVar[Dispatcher] = contextvars.ContextVar(
+    "redis_events_dispatcher"
 )
 
 
@@ -89,6 +96,7 @@ class Outcome(enum.Enum):
     FAILED = "failed"
     TIMED_OUT = "timed_out"
     CANCELLED = "cancelled"
+    NOT_STARTED = "not_started"
 
 
 @dataclass(slots=True)
@@ -139,17 +147,17 @@ class _Mailbox:
 class Dispatcher:
     """Run handler calls on ``max_concurrency`` worker tasks.
 
-    The workers are started once, when ``running()`` is entered, and take
-    jobs from ``submit`` one at a time: no task is created per event, and a
-    job is handed over only to an idle worker, so nothing queues up in
-    memory.
+    The workers are started once, when ``running()`` is entered, and each
+    job is handed to an idle one: no task is created per event.
 
     Note:
         When the block of ``running()`` ends, or the task running it is
         cancelled, calls in flight are not cancelled at once: each gets up to
         ``shutdown_timeout`` seconds to finish, then is cancelled and counted
-        in ``handlers_cancelled``. A plain (non-async) handler runs in a worker
-        thread and cannot be interrupted by a timeout or a shutdown.
+        in ``handlers_cancelled``. Jobs waiting behind a busy ordering key
+        are then dropped unstarted (``Outcome.NOT_STARTED``). A plain
+        (non-async) handler runs in a worker thread and cannot be interrupted
+        by a timeout or a shutdown.
     """
 
     def __init__(
@@ -161,14 +169,16 @@ class Dispatcher:
         stats: Stats,
         on_outcome: Callable[[Delivery, Outcome], None] | None = None,
     ) -> None:
-        self._workers = max_concurrency
+        self._limit = max_concurrency
         self._handler_timeout = handler_timeout or math.inf
         self._shutdown_timeout = shutdown_timeout
         self._stats = stats
         self._on_outcome = on_outcome
         self._running = False
+        self._accepted = 0
         self._idle: deque[_Mailbox] = deque()
-        self._worker_freed = anyio.Event()
+        self._freed = anyio.Event()
+        self._waiting_by_key: dict[Hashable, deque[_Job]] = {}
         self._scopes: set[anyio.CancelScope] = set()
         self._drain_deadline = math.inf
         self._async_handlers: dict[Handler, bool] = {}
@@ -179,18 +189,25 @@ class Dispatcher:
         self._drain_deadline = math.inf
         self._running = True
         async with anyio.create_task_group() as task_group:
-            for _ in range(self._workers):
+            for _ in range(self._limit):
                 task_group.start_soon(self._work)
 
             try:
                 yield
             finally:
                 self._running = False
-                self._worker_freed.set()
+                self._freed.set()
                 while self._idle:
                     self._idle.popleft().close()
 
                 self.drain(self._shutdown_timeout)
+
+        for jobs in self._waiting_by_key.values():
+            for job in jobs:
+                self._accepted -= 1
+                self._report(job[1], Outcome.NOT_STARTED)
+
+        self._waiting_by_key.clear()
 
     def drain(self, timeout: float) -> None:
         """Give every call in flight at most ``timeout`` more seconds."""
@@ -198,27 +215,45 @@ class Dispatcher:
         for scope in self._scopes:
             scope.deadline = min(scope.deadline, self._drain_deadline)
 
-    async def submit(self, handler: Handler, delivery: Delivery) -> None:
-        """Hand ``handler`` and ``delivery`` to the next idle worker.
+    def owns_current_task(self) -> bool:
+        """Tell whether the calling code runs inside one of this one's handlers."""
+        return _current_dispatcher.get(None) is self
 
-        Waits while every worker is busy: that wait is the backpressure.
+    async def submit(
+        self, handler: Handler, delivery: Delivery, *, key: Hashable | None = None
+    ) -> None:
+        """Accept a job once fewer than ``max_concurrency`` are accepted.
+
+        With a ``key``, the job runs after every earlier job with the same
+        key has finished.
 
         Raises:
             RuntimeError: Called outside ``running()``.
         """
-        while not self._idle:
-            if not self._running:
-                msg = "the dispatcher is not running"
-                raise RuntimeError(msg)
+        while self._accepted >= self._limit or (
+            not self._idle and (key is None or key not in self._waiting_by_key)
+        ):
+            self._check_running()
+            self._freed = anyio.Event()
+            await self._freed.wait()
 
-            self._worker_freed = anyio.Event()
-            await self._worker_freed.wait()
+        self._check_running()
+        self._accepted += 1
+        job = (handler, delivery, key)
+        if key is not None:
+            waiting = self._waiting_by_key.get(key)
+            if waiting is not None:
+                waiting.append(job)
+                return
 
+            self._waiting_by_key[key] = deque()
+
+        self._idle.popleft().deliver(job)
+
+    def _check_running(self) -> None:
         if not self._running:
             msg = "the dispatcher is not running"
             raise RuntimeError(msg)
-
-        self._idle.popleft().deliver((handler, delivery))
 
     async def _work(self) -> None:
         # Shielded so that stopping the reader, or cancelling the task that
@@ -232,16 +267,15 @@ class Dispatcher:
             while self._running:
                 mailbox = _Mailbox()
                 self._idle.append(mailbox)
-                self._worker_freed.set()
+                self._freed.set()
                 job = await mailbox.receive()
-                if job is None:
-                    break
-
-                self._stats.in_flight += 1
-                outcome = await self._call(*job)
-                self._stats.in_flight -= 1
-                self._report(job[1], outcome)
-                job = None
+                while job is not None:
+                    self._stats.in_flight += 1
+                    outcome = await self._call(job[0], job[1], scope)
+                    self._stats.in_flight -= 1
+                    self._accepted -= 1
+                    self._report(job[1], outcome)
+                    job = self._next_for_key(job[2])
 
         self._scopes.discard(scope)
         if mailbox in self._idle:
@@ -249,49 +283,54 @@ class Dispatcher:
             self._idle.remove(mailbox)
 
         if job is not None:
-            self._stats.in_flight -= 1
-            self._stats.handlers_cancelled += 1
-            handler, delivery = job
-            logger.warning(
-                "Handler %s was cancelled at shutdown on topic %s (event %s)",
-                _name(handler),
-                delivery.topic,
-                delivery.event_id,
-                extra={"topic": delivery.topic, "event_id": delivery.event_id},
-            )
-            self._report(delivery, Outcome.CANCELLED)
+            self._cancelled(job)
+
+    def _next_for_key(self, key: Hashable | None) -> _Job | None:
+        if key is None:
+            return None
+
+        waiting = self._waiting_by_key[key]
+        if waiting:
+            return waiting.popleft()
+
+        del self._waiting_by_key[key]
+        return None
+
+    def _cancelled(self, job: _Job) -> None:
+        handler, delivery, _ = job
+        self._stats.in_flight -= 1
+        self._accepted -= 1
+        self._stats.handlers_cancelled += 1
+        logger.warning(
+            "Handler %s was cancelled at shutdown on topic %s (event %s)",
+            _name(handler),
+            delivery.topic,
+            delivery.event_id,
+            extra={"topic": delivery.topic, "event_id": delivery.event_id},
+        )
+        self._report(delivery, Outcome.CANCELLED)
 
     def _report(self, delivery: Delivery, outcome: Outcome) -> None:
         if self._on_outcome is not None:
             self._on_outcome(delivery, outcome)
 
-    async def _call(self, handler: Handler, delivery: Delivery) -> Outcome:
+    async def _call(
+        self, handler: Handler, delivery: Delivery, worker_scope: anyio.CancelScope
+    ) -> Outcome:
         _current.set(delivery)
-        try:
-            is_async = self._async_handlers[handler]
-        except KeyError:
-            is_async = self._async_handlers[handler] = _is_async(handler)
-        except TypeError:  # an unhashable callable object
-            is_async = _is_async(handler)
-
+        _current_dispatcher.set(self)
         with anyio.move_on_after(self._handler_timeout) as timeout_scope:
             try:
-                if is_async:
-                    await handler(delivery.topic, delivery.event)  # type: ignore[misc]
-                else:
-                    await anyio.to_thread.run_sync(
-                        handler, delivery.topic, delivery.event
-                    )
-            except Exception:
-                self._stats.handler_errors += 1
-                logger.exception(
-                    "Handler %s failed on topic %s (event %s)",
-                    _name(handler),
-                    delivery.topic,
-                    delivery.event_id,
-                    extra={"topic": delivery.topic, "event_id": delivery.event_id},
-                )
-                return Outcome.FAILED
+                await self._invoke(handler, delivery)
+            except anyio.get_cancelled_exc_class() as exc:
+                if timeout_scope.cancel_called or worker_scope.cancel_called:
+                    raise
+
+                # A handler that awaited something cancelled by someone else:
+                # its failure, not a reason to stop the whole subscriber.
+                return self._failed(handler, delivery, exc)
+            except Exception as exc:
+                return self._failed(handler, delivery, exc)
 
         if timeout_scope.cancelled_caught:
             self._stats.handler_timeouts += 1
@@ -307,6 +346,38 @@ class Dispatcher:
 
         self._stats.events_handled += 1
         return Outcome.HANDLED
+
+    async def _invoke(self, handler: Handler, delivery: Delivery) -> None:
+        try:
+            is_async = self._async_handlers[handler]
+        except KeyError:
+            is_async = self._async_handlers[handler] = _is_async(handler)
+        except TypeError:  # an unhashable callable object
+            is_async = _is_async(handler)
+
+        if is_async:
+            await handler(delivery.topic, delivery.event)  # type: ignore[misc]
+            return
+
+        result = await anyio.to_thread.run_sync(handler, delivery.topic, delivery.event)
+        if inspect.isawaitable(result):
+            # An async function behind a plain wrapper (a lambda, a decorator
+            # without functools.wraps): await what it returned.
+            await result
+
+    def _failed(
+        self, handler: Handler, delivery: Delivery, exc: BaseException
+    ) -> Outcome:
+        self._stats.handler_errors += 1
+        logger.error(
+            "Handler %s failed on topic %s (event %s)",
+            _name(handler),
+            delivery.topic,
+            delivery.event_id,
+            exc_info=exc,
+            extra={"topic": delivery.topic, "event_id": delivery.event_id},
+        )
+        return Outcome.FAILED
 
 
 def _is_async(handler: Handler) -> bool:

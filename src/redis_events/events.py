@@ -47,9 +47,11 @@ __all__ = [
 
 REDACTED = "**********"
 
-# Serialization context key that lets a secret out in clear text. Only the
-# codec sets it, and only when it writes an event onto its own topic.
-REVEAL_SECRETS = "reveal_secrets"
+# Serialization context key that lets a secret out in clear text: its value
+# is the one event whose secrets may be written. Only the codec sets it, and
+# only for an event that is the registered model of the topic it goes to, so
+# an event embedded in another, or sent to a foreign topic, stays redacted.
+REVEAL_SECRETS = "reveal_secrets_of"
 
 
 def new_event_id() -> str:
@@ -102,7 +104,7 @@ class KeySubmitted(Event):
     @field_serializer("key_value", when_used="always")
     def _key_value(self, value: SecretStr, info: SerializationInfo) -> str:
         context = info.context
-        if isinstance(context, dict) and context.get(REVEAL_SECRETS):
+        if isinstance(context, dict) and context.get(REVEAL_SECRETS) is self:
             return value.get_secret_value()
 
         return REDACTED

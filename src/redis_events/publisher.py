@@ -25,6 +25,7 @@ from redis_events.events import (
     ProfileDeleted,
     ProfileUpdated,
 )
+from redis_events.exceptions import RedisUnavailableError
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -60,6 +61,8 @@ class EventPublisher(Endpoint):
 
     def _init_state(self) -> None:
         self._client: Redis | None = None
+        self._in_flight = 0
+        self._all_done = anyio.Event()
         self._events_published = 0
         self._publish_retries = 0
         self._publish_failures = 0
@@ -97,10 +100,23 @@ class EventPublisher(Endpoint):
         logger.info("Publisher connected to %s", self.settings.masked_url)
 
     async def close(self) -> None:
-        """Close every pooled connection. The publisher may connect again."""
+        """Close every pooled connection. The publisher may connect again.
+
+        Publishes in flight end first: they finish, or fail with
+        ``RedisUnavailableError`` instead of retrying on a closed pool.
+        """
         client, self._client = self._client, None
-        if client is not None:
-            await client.aclose()
+        if client is None:
+            return
+
+        with anyio.move_on_after(
+            self.settings.publish_retry_timeout + self.settings.socket_timeout
+        ):
+            while self._in_flight:
+                self._all_done = anyio.Event()
+                await self._all_done.wait()
+
+        await client.aclose()
 
     async def publish(self, topic: str, event: BaseModel | Mapping[str, Any]) -> int:
         """Publish one event and return how many subscribers received it.
@@ -116,14 +132,14 @@ class EventPublisher(Endpoint):
             PermissionDeniedError: The user may not publish to ``topic``.
         """
         data = self.registry.encode(validate_topic(topic), event)
-        client = self._ensure_client()
         receivers: int = await self._retrying(
-            "PUBLISH", topic, lambda: client.publish(topic, data)
+            "PUBLISH", topic, lambda client: client.publish(topic, data)
         )
         self._events_published += 1
-        logger.debug(
-            "Published %d bytes to %s", len(data), topic, extra={"topic": topic}
-        )
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "Published %d bytes to %s", len(data), topic, extra={"topic": topic}
+            )
         return receivers
 
     async def publish_many(
@@ -146,9 +162,7 @@ class EventPublisher(Endpoint):
         if not payloads:
             return []
 
-        client = self._ensure_client()
-
-        async def send() -> list[int]:
+        async def send(client: Redis) -> list[int]:
             async with client.pipeline(transaction=False) as pipe:
                 for data in payloads:
                     pipe.publish(topic, data)
@@ -207,33 +221,60 @@ class EventPublisher(Endpoint):
         return self._client
 
     async def _retrying(
-        self, operation: str, topic: str, call: Callable[[], Awaitable[T]]
+        self, operation: str, topic: str, call: Callable[[Redis], Awaitable[T]]
+    ) -> T:
+        client = self._ensure_client()
+        self._in_flight += 1
+        try:
+            try:
+                return await call(client)
+            except (RedisError, OSError) as exc:
+                first_error = exc
+
+            return await self._retry(operation, topic, call, client, first_error)
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._all_done.set()
+
+    async def _retry(
+        self,
+        operation: str,
+        topic: str,
+        call: Callable[[Redis], Awaitable[T]],
+        client: Redis,
+        error: RedisError | OSError,
     ) -> T:
         deadline = anyio.current_time() + self.settings.publish_retry_timeout
         backoff = Backoff(base=_RETRY_BASE, cap=_RETRY_CAP)
         while True:
-            try:
-                return await call()
-            except (RedisError, OSError) as exc:
-                delay = backoff.next_delay()
-                left = deadline - anyio.current_time()
-                if not is_retryable(exc) or left <= 0:
-                    self._publish_failures += 1
-                    raise translate_error(
-                        exc, operation=operation, settings=self.settings, topic=topic
-                    ) from exc
+            left = deadline - anyio.current_time()
+            if not is_retryable(error) or left <= 0:
+                self._publish_failures += 1
+                raise translate_error(
+                    error, operation=operation, settings=self.settings, topic=topic
+                ) from error
 
-                self._publish_retries += 1
-                log = logger.warning if backoff.failures == 1 else logger.debug
-                log(
-                    "%s to %s failed (%s); retrying for up to %.1f s",
-                    operation,
-                    topic,
-                    type(exc).__name__,
-                    left,
-                    extra={"topic": topic},
-                )
-                await anyio.sleep(min(delay, left))
+            self._publish_retries += 1
+            log = logger.warning if backoff.failures == 0 else logger.debug
+            log(
+                "%s to %s failed (%s); retrying for up to %.1f s",
+                operation,
+                topic,
+                type(error).__name__,
+                left,
+                extra={"topic": topic},
+            )
+            await anyio.sleep(min(backoff.next_delay(), left))
+            if client is not self._client:
+                self._publish_failures += 1
+                msg = f"{operation} to {topic!r} abandoned: the publisher was closed"
+                raise RedisUnavailableError(msg) from error
+
+            try:
+                return await call(client)
+            except (RedisError, OSError) as exc:
+                error = exc
 
 
 _shared: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, EventPublisher] = (

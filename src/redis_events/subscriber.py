@@ -10,16 +10,11 @@ import anyio
 
 from redis_events._connection import create_client
 from redis_events._endpoint import Endpoint
-from redis_events._pubsub import Frame, PubSubReader
-from redis_events.codec import DecodedEvent, validate_topic
-from redis_events.dispatcher import (
-    Delivery,
-    Dispatcher,
-    Handler,
-    Stats,
-    current_delivery,
-)
-from redis_events.exceptions import EventDecodeError
+from redis_events._pubsub import PubSubReader
+from redis_events._routing import OrderingKey, Router
+from redis_events.codec import validate_topic
+from redis_events.dispatcher import Delivery, Dispatcher, Handler, Stats
+from redis_events.dispatcher import current_delivery as _current_delivery
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -29,46 +24,11 @@ if TYPE_CHECKING:
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
     from redis.asyncio import Redis
 
+    from redis_events._pubsub import Frame
+
 __all__ = ["EventSubscriber"]
 
 logger = logging.getLogger(__name__)
-
-
-class _Group:
-    """The frames Redis sent for one PUBLISH.
-
-    Redis writes a published message to a client once per matching
-    subscription (the channel first, then each pattern), one right after the
-    other. Frames with the same channel and payload belong to the same
-    PUBLISH until a subscription repeats, which starts the next one.
-    """
-
-    __slots__ = (
-        "called",
-        "channel",
-        "data",
-        "decoded",
-        "generation",
-        "subscriptions",
-    )
-
-    def __init__(self, frame: Frame | None = None) -> None:
-        self.channel = frame.channel if frame else None
-        self.data = frame.data if frame else None
-        self.generation = frame.generation if frame else -1
-        self.subscriptions: set[tuple[bool, str]] = set()
-        # Handlers themselves, not their ids: ``obj.method`` makes a new bound
-        # method object on every access, but equal ones compare equal.
-        self.called: list[Handler] = []
-        self.decoded: DecodedEvent | EventDecodeError | None = None
-
-    def takes(self, frame: Frame, subscription: tuple[bool, str]) -> bool:
-        return (
-            frame.channel == self.channel
-            and frame.generation == self.generation
-            and subscription not in self.subscriptions
-            and frame.data == self.data
-        )
 
 
 class EventSubscriber(Endpoint):
@@ -89,33 +49,39 @@ class EventSubscriber(Endpoint):
         Delivery is at most once: events published while the subscriber is
         disconnected are lost, and an event whose handler fails is not
         retried. With ``max_concurrency`` above 1, handlers start in the
-        order events arrived but may finish in any order.
+        order events arrived but may finish in any order, except for events
+        of a topic with an ordering key (``order_by``).
     """
 
     def _init_state(self) -> None:
         self._stats = Stats()
-        self._channel_handlers: dict[str, list[Handler]] = {}
-        self._pattern_handlers: dict[str, list[Handler]] = {}
+        self._router = Router(self.registry, self._stats)
         self._reader: PubSubReader | None = None
+        self._client: Redis | None = None
+        self._dispatcher: Dispatcher | None = None
         self._read_scope: anyio.CancelScope | None = None
+        self._forwards: set[anyio.CancelScope] = set()
         self._stop_requested = False
         self._finished = anyio.Event()
-        self._streams: set[MemoryObjectSendStream[Delivery]] = set()
         self._task_group: TaskGroup | None = None
-        self._dispatcher: Dispatcher | None = None
-        self._client: Redis | None = None
+        self._streams: set[MemoryObjectSendStream[Delivery]] = set()
 
     def __repr__(self) -> str:
         return (
             f"EventSubscriber({self.settings.masked_url!r}, "
-            f"channels={sorted(self._channel_handlers)}, "
-            f"patterns={sorted(self._pattern_handlers)})"
+            f"channels={sorted(self._router.channels)}, "
+            f"patterns={sorted(self._router.patterns)})"
         )
 
     @property
     def connected(self) -> bool:
         """Tell whether the subscriber holds a live, subscribed connection."""
         return self._reader is not None and self._reader.connected
+
+    @property
+    def running(self) -> bool:
+        """Tell whether ``run()`` is starting or running."""
+        return self._reader is not None
 
     def on(self, *topics: str) -> Callable[[Handler], Handler]:
         """Register the decorated handler for each of ``topics``.
@@ -125,10 +91,11 @@ class EventSubscriber(Endpoint):
             RuntimeError: The subscriber is running; use ``subscribe()``.
         """
         self._check_not_running("on")
+        names = [validate_topic(topic) for topic in topics]
 
         def register(handler: Handler) -> Handler:
-            for topic in topics:
-                self._add(self._channel_handlers, validate_topic(topic), handler)
+            for name in names:
+                self._router.add(self._router.channels, name, handler)
 
             return handler
 
@@ -144,10 +111,11 @@ class EventSubscriber(Endpoint):
             RuntimeError: The subscriber is running; use ``psubscribe()``.
         """
         self._check_not_running("on_pattern")
+        names = [validate_topic(pattern) for pattern in patterns]
 
         def register(handler: Handler) -> Handler:
-            for pattern in patterns:
-                self._add(self._pattern_handlers, validate_topic(pattern), handler)
+            for name in names:
+                self._router.add(self._router.patterns, name, handler)
 
             return handler
 
@@ -163,6 +131,17 @@ class EventSubscriber(Endpoint):
         for topic, handler in topic_handlers.items():
             self.on(topic)(handler)
 
+    def order_by(self, topic: str, key: OrderingKey) -> None:
+        """Handle events of ``topic`` with equal ``key`` one at a time, in order.
+
+        ``key`` is a field name of the event (``"profile_id"``) or a function
+        of the event. Events with different keys still run concurrently.
+
+        Raises:
+            ConfigurationError: The topic or the key is not usable.
+        """
+        self._router.order_by(topic, key)
+
     async def subscribe(self, topic: str, handler: Handler) -> None:
         """Add ``handler`` for ``topic``, at any time, and wait until live.
 
@@ -170,9 +149,10 @@ class EventSubscriber(Endpoint):
             ConfigurationError: The topic name is not usable.
             RedisUnavailableError: Running, but Redis did not confirm in time;
                 the subscription stays and is restored on reconnect.
+            PermissionDeniedError: Redis refused the subscription.
         """
-        self._add(self._channel_handlers, validate_topic(topic), handler)
-        if self._reader is not None:
+        first = self._router.add(self._router.channels, validate_topic(topic), handler)
+        if first and self._reader is not None:
             await self._reader.subscribe(channels=[topic])
 
     async def psubscribe(self, pattern: str, handler: Handler) -> None:
@@ -181,19 +161,23 @@ class EventSubscriber(Endpoint):
         Raises:
             ConfigurationError: The pattern is not a usable name.
             RedisUnavailableError: As for ``subscribe``.
+            PermissionDeniedError: Redis refused the subscription.
         """
-        self._add(self._pattern_handlers, validate_topic(pattern), handler)
-        if self._reader is not None:
+        table = self._router.patterns
+        first = self._router.add(table, validate_topic(pattern), handler)
+        if first and self._reader is not None:
             await self._reader.subscribe(patterns=[pattern])
 
     async def unsubscribe(self, topic: str, handler: Handler | None = None) -> None:
         """Remove ``handler`` (or every handler) from ``topic``."""
-        if self._remove(self._channel_handlers, topic, handler) and self._reader:
+        last = self._router.remove(self._router.channels, topic, handler)
+        if last and self._reader is not None:
             await self._reader.unsubscribe(channels=[topic])
 
     async def punsubscribe(self, pattern: str, handler: Handler | None = None) -> None:
         """Remove ``handler`` (or every handler) from a glob ``pattern``."""
-        if self._remove(self._pattern_handlers, pattern, handler) and self._reader:
+        last = self._router.remove(self._router.patterns, pattern, handler)
+        if last and self._reader is not None:
             await self._reader.unsubscribe(patterns=[pattern])
 
     @asynccontextmanager
@@ -202,7 +186,8 @@ class EventSubscriber(Endpoint):
     ) -> AsyncIterator[MemoryObjectReceiveStream[Delivery]]:
         """Iterate over the deliveries of ``topics`` and ``patterns``.
 
-        Use it while the subscriber runs::
+        Use it while the subscriber runs (``async with subscriber:`` or a
+        task running ``run()``); before that nothing is delivered::
 
             async with subscriber.subscription("profile_events") as events:
                 async for delivery in events:
@@ -213,15 +198,21 @@ class EventSubscriber(Endpoint):
 
         Note:
             A slow loop holds one dispatcher slot per waiting delivery, so
-            it slows reading down rather than filling memory.
+            it slows reading down rather than filling memory. When the
+            subscriber stops, deliveries still waiting for the loop are
+            dropped.
         """
         send, receive = anyio.create_memory_object_stream[Delivery](max_buffer)
 
         async def forward(topic: str, event: object) -> None:
-            try:
-                await send.send(current_delivery())
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                logger.debug("Dropped a delivery for a closed subscription")
+            with anyio.CancelScope() as scope:
+                self._forwards.add(scope)
+                try:
+                    await send.send(_current_delivery())
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    logger.debug("Dropped a delivery for a closed subscription")
+                finally:
+                    self._forwards.discard(scope)
 
         self._streams.add(send)
         try:
@@ -263,92 +254,37 @@ class EventSubscriber(Endpoint):
         await self._open()
         await self._serve(task_status=task_status)
 
-    async def _open(self) -> None:
-        if self._reader is not None:
-            msg = "this subscriber is already running"
-            raise RuntimeError(msg)
-
-        client = create_client(self.settings, role="sub")
-        reader = PubSubReader(client, self.settings, self._stats)
-        try:
-            await reader.subscribe(
-                channels=list(self._channel_handlers),
-                patterns=list(self._pattern_handlers),
-            )
-            await reader.connect()
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await reader.aclose()
-                await client.aclose()
-
-            raise
-
-        self._client = client
-        self._reader = reader
-        self._finished = anyio.Event()
-
-    async def _serve(
-        self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
-    ) -> None:
-        reader, client = self._reader, self._client
-        assert reader is not None, "_open() must succeed first"
-        assert client is not None, "_open() must succeed first"
-        dispatcher = self._dispatcher = Dispatcher(
-            max_concurrency=self.settings.max_concurrency,
-            handler_timeout=self.settings.handler_timeout,
-            shutdown_timeout=self.settings.shutdown_timeout,
-            stats=self._stats,
-        )
-        try:
-            async with dispatcher.running():
-                with anyio.CancelScope() as self._read_scope:
-                    if self._stop_requested:
-                        self._read_scope.cancel()
-
-                    task_status.started()
-                    await self._read(reader, dispatcher)
-        finally:
-            self._read_scope = None
-            self._reader = None
-            self._client = None
-            self._dispatcher = None
-            self._stop_requested = False
-            for stream in list(self._streams):
-                stream.close()
-
-            with anyio.CancelScope(shield=True):
-                await reader.aclose()
-                await client.aclose()
-
-            self._finished.set()
-            logger.info("Subscriber stopped: %s", self._stats.as_dict())
-
     async def stop(self) -> None:
         """Stop reading, let handlers in flight finish, then disconnect.
 
         Returns once ``run()`` has finished, except when called from one of
-        this subscriber's own handlers, where it only asks for the stop.
+        this subscriber's own handlers, where it only asks for the stop. Does
+        nothing when the subscriber is not running.
         """
-        self._stop_requested = True
-        if self._read_scope is not None:
-            self._read_scope.cancel()
-
         if self._reader is None:
             return
 
-        try:
-            current_delivery()
-        except LookupError:
+        self._request_stop()
+        dispatcher = self._dispatcher
+        if dispatcher is None or not dispatcher.owns_current_task():
             await self._finished.wait()
 
     def abort(self) -> None:
         """Stop at once: cancel handlers in flight instead of waiting."""
-        self._stop_requested = True
-        if self._read_scope is not None:
-            self._read_scope.cancel()
+        if self._reader is None:
+            return
 
+        self._request_stop()
         if self._dispatcher is not None:
             self._dispatcher.drain(0)
+
+    def get_stats(self) -> dict[str, int]:
+        """Return the subscriber's counters.
+
+        ``events_received`` counts published events, ``events_handled``
+        completed handler calls (one event with two handlers counts twice).
+        """
+        return self._stats.as_dict()
 
     async def __aenter__(self) -> Self:
         """Run the subscriber in the background until the block ends."""
@@ -366,85 +302,107 @@ class EventSubscriber(Endpoint):
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> bool | None:
+    ) -> None:
         task_group, self._task_group = self._task_group, None
-        self._stop_requested = True
-        if self._read_scope is not None:
-            self._read_scope.cancel()
-
+        self._request_stop()
         if task_group is None:
-            return None
+            return
 
-        return await task_group.__aexit__(exc_type, exc, tb)
+        try:
+            # The block's own exception is not handed to the task group,
+            # which would wrap it in an exception group; it propagates as is.
+            await task_group.__aexit__(None, None, None)
+        except BaseExceptionGroup as group:
+            if exc is None and len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+
+            raise
 
     async def _serve_in_background(
         self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         await self._serve(task_status=task_status)
 
-    def get_stats(self) -> dict[str, int]:
-        """Return the subscriber's counters."""
-        return self._stats.as_dict()
+    def _request_stop(self) -> None:
+        self._stop_requested = True
+        if self._read_scope is not None:
+            self._read_scope.cancel()
 
-    async def _read(self, reader: PubSubReader, dispatcher: Dispatcher) -> None:
-        group = _Group()
+    async def _open(self) -> None:
+        if self._reader is not None:
+            msg = "this subscriber is already running"
+            raise RuntimeError(msg)
 
-        async def on_frame(frame: Frame) -> None:
-            nonlocal group
-            subscription = (
-                (True, frame.pattern) if frame.pattern else (False, frame.channel)
+        client = create_client(self.settings, role="sub")
+        reader = PubSubReader(client, self.settings, self._stats)
+        # Set before the first await, so that a second run() is refused and
+        # a subscribe() made meanwhile reaches the reader.
+        self._reader, self._client = reader, client
+        self._stop_requested = False
+        self._finished = anyio.Event()
+        try:
+            await reader.subscribe(
+                channels=list(self._router.channels),
+                patterns=list(self._router.patterns),
             )
-            if not group.takes(frame, subscription):
-                group = _Group(frame)
-                self._stats.events_received += 1
+            await reader.connect()
+        except BaseException:
+            self._reader = self._client = None
+            self._finished.set()
+            with anyio.CancelScope(shield=True):
+                await reader.aclose()
+                await client.aclose()
 
-            group.subscriptions.add(subscription)
-            await self._dispatch(frame, group, reader, dispatcher)
+            raise
 
-        await reader.run(on_frame)
-
-    async def _dispatch(
-        self,
-        frame: Frame,
-        group: _Group,
-        reader: PubSubReader,
-        dispatcher: Dispatcher,
+    async def _serve(
+        self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        if frame.pattern is None:
-            handlers = self._channel_handlers.get(frame.channel, ())
-        else:
-            handlers = self._pattern_handlers.get(frame.pattern, ())
-
-        todo = [h for h in handlers if h not in group.called]
-        if not todo:
-            return
-
-        if group.decoded is None:
-            try:
-                group.decoded = self.registry.decode(frame.channel, frame.data)
-            except EventDecodeError as exc:
-                group.decoded = exc
-                self._stats.invalid_events += 1
-                logger.warning(
-                    "Rejected an event on %s: %s",
-                    frame.channel,
-                    exc.reason,
-                    extra={"topic": frame.channel},
-                )
-
-        if isinstance(group.decoded, EventDecodeError):
-            return
-
-        delivery = Delivery(
-            topic=frame.channel, event=group.decoded, pattern=frame.pattern
+        reader, client = self._reader, self._client
+        assert reader is not None, "_open() must succeed first"
+        assert client is not None, "_open() must succeed first"
+        dispatcher = self._dispatcher = Dispatcher(
+            max_concurrency=self.settings.max_concurrency,
+            handler_timeout=self.settings.handler_timeout,
+            shutdown_timeout=self.settings.shutdown_timeout,
+            stats=self._stats,
         )
-        for handler in todo:
-            group.called.append(handler)
-            reader.stalled = True
-            try:
-                await dispatcher.submit(handler, delivery)
-            finally:
-                reader.stalled = False
+        try:
+            async with dispatcher.running():
+                try:
+                    with anyio.CancelScope() as self._read_scope:
+                        if self._stop_requested:
+                            self._read_scope.cancel()
+
+                        task_status.started()
+                        await reader.run(self._route)
+                finally:
+                    self._read_scope = None
+                    self._end_subscriptions()
+        finally:
+            self._reader = self._client = self._dispatcher = None
+            with anyio.CancelScope(shield=True):
+                await reader.aclose()
+                await client.aclose()
+
+            self._finished.set()
+            logger.info("Subscriber stopped: %s", self._stats.as_dict())
+
+    async def _route(self, frame: Frame) -> None:
+        reader, dispatcher = self._reader, self._dispatcher
+        assert reader is not None, "routing only while running"
+        assert dispatcher is not None, "routing only while running"
+        await self._router.route(frame, reader, dispatcher)
+
+    def _end_subscriptions(self) -> None:
+        # Reading has stopped: iterator subscriptions end, and deliveries
+        # still waiting for a loop that no longer reads are dropped rather
+        # than holding up the drain.
+        for scope in list(self._forwards):
+            scope.cancel()
+
+        for stream in list(self._streams):
+            stream.close()
 
     def _check_not_running(self, method: str) -> None:
         if self._reader is not None:
@@ -454,29 +412,3 @@ class EventSubscriber(Endpoint):
                 "'psubscribe(...)'"
             )
             raise RuntimeError(msg)
-
-    @staticmethod
-    def _add(table: dict[str, list[Handler]], name: str, handler: Handler) -> None:
-        handlers = table.setdefault(name, [])
-        if handler not in handlers:
-            handlers.append(handler)
-
-    @staticmethod
-    def _remove(
-        table: dict[str, list[Handler]], name: str, handler: Handler | None
-    ) -> bool:
-        """Remove a handler; return True when ``name`` has none left."""
-        handlers = table.get(name)
-        if handlers is None:
-            return False
-
-        if handler is None:
-            handlers.clear()
-        elif handler in handlers:
-            handlers.remove(handler)
-
-        if handlers:
-            return False
-
-        del table[name]
-        return True

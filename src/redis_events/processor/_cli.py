@@ -16,6 +16,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import NoDecode
 
 from redis_events import _constants as c
+from redis_events.codec import validate_topic
 from redis_events.config import Settings
 from redis_events.exceptions import ConfigurationError
 from redis_events.processor._core import EventProcessor
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 __all__ = ["ProcessorSettings", "main"]
+
+EXIT_INTERRUPTED = 130
 
 logger = logging.getLogger("redis_events.processor")
 
@@ -43,6 +46,14 @@ class ProcessorSettings(Settings):
     def _split_topics(cls, value: object) -> object:
         if isinstance(value, str):
             return [t.strip() for t in value.split(",") if t.strip()]
+
+        return value
+
+    @field_validator("topics")
+    @classmethod
+    def _usable_topics(cls, value: list[str]) -> list[str]:
+        for topic in value:
+            validate_topic(topic)
 
         return value
 
@@ -117,7 +128,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=settings.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    return anyio.run(_serve, settings)
+    if settings.scheme == "memory":
+        logger.warning(
+            "%s is an in-process Redis: no other process can send this "
+            "processor events",
+            settings.masked_url,
+        )
+
+    try:
+        return anyio.run(_serve, settings)
+    except KeyboardInterrupt:
+        # Only reachable before the signal handlers are installed.
+        return EXIT_INTERRUPTED
 
 
 async def _serve(settings: ProcessorSettings) -> int:

@@ -73,7 +73,8 @@ class EventProcessor:
     Note:
         On the pub/sub transport a result is published at most once per
         received event; events that arrive while the processor is
-        disconnected are not seen at all.
+        disconnected are not seen at all. Events of one profile are processed
+        one at a time, in the order they arrived.
     """
 
     def __init__(
@@ -112,6 +113,10 @@ class EventProcessor:
         }
         for topic in self.topics:
             self.subscriber.on(topic)(handlers.get(topic, self.handle_other))
+
+        # A profile's created/updated/deleted must not overtake each other;
+        # different profiles are still processed concurrently.
+        self.subscriber.order_by(c.PROFILE_EVENTS_TOPIC, "profile_id")
 
     def __repr__(self) -> str:
         return f"EventProcessor({self.settings.masked_url!r}, topics={self.topics})"

@@ -10,13 +10,15 @@ from __future__ import annotations
 import logging
 import signal
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from redis_events.exceptions import RedisEventsError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Coroutine
+
     from redis_events.processor._core import EventProcessor
 
 __all__ = ["EXIT_FORCED", "EXIT_OK", "EXIT_UNAVAILABLE", "serve"]
@@ -37,54 +39,70 @@ async def serve(processor: EventProcessor, *, stats_interval: float = 60.0) -> i
     Redis cannot be reached at start, one line naming the address goes to
     stderr and the exit code is 2.
     """
-    try:
-        await processor.connect()
-    except RedisEventsError as exc:
-        print(f"redis-events processor: {exc}", file=sys.stderr)  # noqa: T201
-        return EXIT_UNAVAILABLE
-
+    stopping = anyio.Event()
     forced = False
 
     async def watch_signals() -> None:
         nonlocal forced
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async for signum in signals:
-                if processor_stopping.is_set():
-                    forced = True
-                    logger.warning(
-                        "Second %s: stopping now", signal.Signals(signum).name
-                    )
-                    processor.subscriber.abort()
-                    return
+        async for signum in signals:
+            name = signal.Signals(signum).name
+            if stopping.is_set():
+                forced = True
+                logger.warning("Second %s: stopping now", name)
+                processor.subscriber.abort()
+                return
 
-                processor_stopping.set()
-                logger.info(
-                    "%s received: finishing events in flight (up to %.0f s)",
-                    signal.Signals(signum).name,
-                    processor.settings.shutdown_timeout,
-                )
-                task_group.start_soon(processor.stop)
+            stopping.set()
+            logger.info(
+                "%s received: finishing events in flight (up to %.0f s)",
+                name,
+                processor.settings.shutdown_timeout,
+            )
+            task_group.start_soon(processor.stop)
 
     async def report_stats() -> None:
         while True:
             await anyio.sleep(stats_interval)
             logger.info("Stats: %s", _format_stats(processor.get_stats()))
 
-    processor_stopping = anyio.Event()
-    try:
+    # Signals are taken over first, so that one arriving while we connect
+    # stops the start-up cleanly instead of killing the process.
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with anyio.create_task_group() as task_group:
             task_group.start_soon(watch_signals)
+            code = await _run(processor, stopping, stats_interval, report_stats)
+            task_group.cancel_scope.cancel()
+
+    if code == EXIT_OK:
+        logger.info("Stopped. Final stats: %s", _format_stats(processor.get_stats()))
+
+    return EXIT_FORCED if forced else code
+
+
+async def _run(
+    processor: EventProcessor,
+    stopping: anyio.Event,
+    stats_interval: float,
+    report_stats: Callable[[], Coroutine[Any, Any, None]],
+) -> int:
+    try:
+        await processor.connect()
+        if stopping.is_set():
+            return EXIT_OK
+
+        async with anyio.create_task_group() as task_group:
             if stats_interval > 0:
                 task_group.start_soon(report_stats)
 
-            await processor.run()
-            task_group.cancel_scope.cancel()
+            try:
+                await processor.run()
+            finally:
+                task_group.cancel_scope.cancel()
     except RedisEventsError as exc:
         print(f"redis-events processor: {exc}", file=sys.stderr)  # noqa: T201
         return EXIT_UNAVAILABLE
 
-    logger.info("Stopped. Final stats: %s", _format_stats(processor.get_stats()))
-    return EXIT_FORCED if forced else EXIT_OK
+    return EXIT_OK
 
 
 def _format_stats(stats: dict[str, int]) -> str:

@@ -1,0 +1,197 @@
+"""Route pub/sub frames to handlers: tables, per-handler dedupe, decode once."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Hashable
+from typing import TYPE_CHECKING, Any
+
+from redis_events.codec import DecodedEvent, EventRegistry, validate_topic
+from redis_events.dispatcher import Delivery, Dispatcher, Handler, Stats
+from redis_events.exceptions import ConfigurationError, EventDecodeError
+
+if TYPE_CHECKING:
+    from redis_events._pubsub import Frame, PubSubReader
+
+__all__ = ["OrderingKey", "Router"]
+
+logger = logging.getLogger("redis_events.subscriber")
+
+OrderingKey = str | Callable[[Any], Hashable]
+
+_MAX_LOGGED_NAME = 200
+
+
+class _Group:
+    """The frames Redis sent for one PUBLISH.
+
+    Redis writes a published message to a client once per matching
+    subscription (the channel first, then each pattern), one right after the
+    other. Frames with the same channel and payload belong to the same
+    PUBLISH until a subscription repeats, which starts the next one.
+    """
+
+    __slots__ = ("called", "channel", "data", "decoded", "generation", "subscriptions")
+
+    def __init__(self, frame: Frame | None = None) -> None:
+        self.channel = frame.channel if frame else None
+        self.data = frame.data if frame else None
+        self.generation = frame.generation if frame else -1
+        self.subscriptions: set[bytes | None] = set()
+        # Handlers themselves, not their ids: ``obj.method`` makes a new bound
+        # method object on every access, but equal ones compare equal.
+        self.called: list[Handler] = []
+        self.decoded: DecodedEvent | EventDecodeError | None = None
+
+    def takes(self, frame: Frame) -> bool:
+        return (
+            frame.channel == self.channel
+            and frame.generation == self.generation
+            and frame.pattern not in self.subscriptions
+            and frame.data == self.data
+        )
+
+
+class Router:
+    """Handler tables and what happens to each frame on its way to them."""
+
+    def __init__(self, registry: EventRegistry, stats: Stats) -> None:
+        self.registry = registry
+        self.channels: dict[str, list[Handler]] = {}
+        self.patterns: dict[str, list[Handler]] = {}
+        self._ordering: dict[str, Callable[[Any], Hashable]] = {}
+        self._stats = stats
+        self._group = _Group()
+
+    def order_by(self, topic: str, key: OrderingKey) -> None:
+        """Handle events of ``topic`` with equal ``key`` one at a time, in order.
+
+        ``key`` is a field name of the event, or a function of the event.
+        """
+        validate_topic(topic)
+        if isinstance(key, str):
+            name = key
+            self._ordering[topic] = lambda event: _field(event, name)
+        elif callable(key):
+            self._ordering[topic] = key
+        else:
+            msg = "an ordering key is a field name or a function of the event"
+            raise ConfigurationError(msg)
+
+    @staticmethod
+    def add(table: dict[str, list[Handler]], name: str, handler: Handler) -> bool:
+        """Add a handler; return True when ``name`` had none before."""
+        handlers = table.setdefault(name, [])
+        if handler not in handlers:
+            handlers.append(handler)
+
+        return len(handlers) == 1
+
+    @staticmethod
+    def remove(
+        table: dict[str, list[Handler]], name: str, handler: Handler | None
+    ) -> bool:
+        """Remove a handler (or all); return True when ``name`` has none left."""
+        handlers = table.get(name)
+        if handlers is None:
+            return False
+
+        if handler is None:
+            handlers.clear()
+        elif handler in handlers:
+            handlers.remove(handler)
+
+        if handlers:
+            return False
+
+        del table[name]
+        return True
+
+    async def route(
+        self, frame: Frame, reader: PubSubReader, dispatcher: Dispatcher
+    ) -> None:
+        """Submit ``frame`` to every handler that has not seen its publish."""
+        group = self._group
+        if not group.takes(frame):
+            group = self._group = _Group(frame)
+            self._stats.events_received += 1
+
+        group.subscriptions.add(frame.pattern)
+        topic = self._topic(frame, group)
+        if topic is None:
+            return
+
+        if frame.pattern is None:
+            handlers = self.channels.get(topic, ())
+        else:
+            handlers = self.patterns.get(frame.pattern.decode(), ())
+
+        todo = [h for h in handlers if h not in group.called]
+        if not todo:
+            if not group.called and len(group.subscriptions) == 1:
+                self._stats.unrouted_events += 1
+
+            return
+
+        event = self._decode(topic, frame, group)
+        if event is None:
+            return
+
+        delivery = Delivery(
+            topic=topic,
+            event=event,
+            pattern=frame.pattern.decode() if frame.pattern is not None else None,
+        )
+        order = self._ordering.get(topic)
+        for handler in todo:
+            group.called.append(handler)
+            key = (handler, order(event)) if order is not None else None
+            reader.stalled = True
+            try:
+                await dispatcher.submit(handler, delivery, key=key)
+            finally:
+                reader.stalled = False
+
+    def _topic(self, frame: Frame, group: _Group) -> str | None:
+        try:
+            topic = frame.channel.decode()
+            if frame.pattern is not None:
+                # A pattern matches any channel name, including ones no topic
+                # may have: they must not reach handlers or logs unchecked.
+                validate_topic(topic)
+        except (UnicodeDecodeError, ConfigurationError):
+            if group.decoded is None:
+                group.decoded = EventDecodeError("channel name is not a valid topic")
+                self._stats.invalid_events += 1
+                logger.warning(
+                    "Rejected an event on channel %r: not a valid topic name",
+                    frame.channel[:_MAX_LOGGED_NAME],
+                )
+
+            return None
+
+        return topic
+
+    def _decode(self, topic: str, frame: Frame, group: _Group) -> DecodedEvent | None:
+        if group.decoded is None:
+            try:
+                group.decoded = self.registry.decode(topic, frame.data)
+            except EventDecodeError as exc:
+                group.decoded = exc
+                self._stats.invalid_events += 1
+                logger.warning(
+                    "Rejected an event on %s: %s",
+                    topic,
+                    exc.reason,
+                    extra={"topic": topic},
+                )
+
+        if isinstance(group.decoded, EventDecodeError):
+            return None
+
+        return group.decoded
+
+
+def _field(event: object, name: str) -> Hashable:
+    value = event.get(name) if isinstance(event, dict) else getattr(event, name, None)
+    return value if isinstance(value, Hashable) else repr(value)
