@@ -2,7 +2,7 @@
 
 Run against any Redis (or ``memory://`` for an in-process one)::
 
-    python examples/custom_handler.py --redis-url redis://localhost:6379/0
+    .venv/bin/python examples/custom_handler.py --redis-url redis://localhost:6379/0
 
 It registers an ``OrderPlaced`` model for the ``orders`` topic, handles orders
 with a coroutine, publishes a summary to ``order_results``, watches every

@@ -2,11 +2,11 @@
 
 Start the processor first, in another terminal::
 
-    python -m redis_events.processor --redis-url redis://localhost:6379/0
+    .venv/bin/python -m redis_events.processor --redis-url redis://localhost:6379/0
 
 then run::
 
-    python examples/demo_events.py --redis-url redis://localhost:6379/0
+    .venv/bin/python examples/demo_events.py --redis-url redis://localhost:6379/0
 
 It publishes key events, profile events and a custom-topic event, then prints
 the results the processor sends to ``processing_results``.
