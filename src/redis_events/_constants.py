@@ -34,3 +34,15 @@ DEFAULT_PUBLISH_RETRY_TIMEOUT: Final = 5.0
 DEFAULT_RECONNECT_BACKOFF_BASE: Final = 0.25
 DEFAULT_RECONNECT_BACKOFF_CAP: Final = 5.0
 DEFAULT_SHUTDOWN_TIMEOUT: Final = 10.0
+
+# Streams transport. Every key of one topic shares the hash tag "{<topic>}",
+# so that a stream and its dead letters live in one cluster slot.
+STREAM_KEY_PREFIX: Final = "redis-events"
+DEFAULT_GROUP: Final = "redis-events"
+DEFAULT_STREAM_MAXLEN: Final = 1_000_000
+DEFAULT_BLOCK_SECONDS: Final = 5.0
+DEFAULT_READ_COUNT: Final = 100
+DEFAULT_CLAIM_MIN_IDLE: Final = 60.0
+DEFAULT_CLAIM_INTERVAL: Final = 5.0
+DEFAULT_RETRY_BACKOFF: Final = 1.0
+DEFAULT_MAX_DELIVERIES: Final = 5

@@ -78,6 +78,10 @@ class Router:
             msg = "an ordering key is a field name or a function of the event"
             raise ConfigurationError(msg)
 
+    def ordering(self, topic: str) -> Callable[[Any], Hashable] | None:
+        """Return the ordering-key function of ``topic``, if it has one."""
+        return self._ordering.get(topic)
+
     @staticmethod
     def add(table: dict[str, list[Handler]], name: str, handler: Handler) -> bool:
         """Add a handler; return True when ``name`` had none before."""

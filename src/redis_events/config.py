@@ -85,6 +85,28 @@ class Settings(BaseSettings):
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
     ssl_cert_reqs: Literal["required", "optional", "none"] = "required"
+    transport: Literal["pubsub", "stream"] = Field(
+        default="pubsub",
+        description="pubsub: fire-and-forget; stream: consumer groups, at-least-once.",
+    )
+    group: str = Field(default=c.DEFAULT_GROUP, pattern=r"^[!-~]{1,128}$")
+    consumer: str | None = Field(
+        default=None,
+        pattern=r"^[!-~]{1,128}$",
+        description="Consumer name in the group; default <host>-<pid>-<random>.",
+    )
+    start_from: str = Field(
+        default="new",
+        description="Where a new group starts: new, all, an entry id or an "
+        "ISO 8601 time.",
+    )
+    stream_maxlen: int = Field(default=c.DEFAULT_STREAM_MAXLEN, ge=0)
+    block_seconds: PositiveFloat = c.DEFAULT_BLOCK_SECONDS
+    read_count: int = Field(default=c.DEFAULT_READ_COUNT, ge=1)
+    claim_min_idle: PositiveFloat = c.DEFAULT_CLAIM_MIN_IDLE
+    claim_interval: PositiveFloat = c.DEFAULT_CLAIM_INTERVAL
+    retry_backoff: float = Field(default=c.DEFAULT_RETRY_BACKOFF, ge=0)
+    max_deliveries: int = Field(default=c.DEFAULT_MAX_DELIVERIES, ge=1)
 
     @field_validator("redis_url")
     @classmethod

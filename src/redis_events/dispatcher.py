@@ -115,6 +115,10 @@ class Stats:
     in_flight: int = 0
     extra: dict[str, int] = field(default_factory=dict)
 
+    def add(self, name: str, n: int = 1) -> None:
+        """Add ``n`` to an extra counter (created at 0)."""
+        self.extra[name] = self.extra.get(name, 0) + n
+
     def as_dict(self) -> dict[str, int]:
         """Return the counters as a plain dict."""
         counters = {

@@ -18,6 +18,7 @@ from redis_events._connection import (
     translate_error,
 )
 from redis_events._endpoint import Endpoint
+from redis_events._keys import DATA_FIELD, stream_key
 from redis_events.codec import validate_topic
 from redis_events.events import (
     KeySubmitted,
@@ -45,7 +46,11 @@ _RETRY_CAP = 1.0
 
 
 class EventPublisher(Endpoint):
-    """Publish events to Redis pub/sub channels, one channel per topic.
+    """Publish events: to one pub/sub channel, or one stream, per topic.
+
+    ``transport="stream"`` appends to the topic's stream (``XADD`` with
+    approximate ``MAXLEN`` retention) for consumer groups to read; the default
+    ``"pubsub"`` publishes to the channel named like the topic.
 
     Use it as an async context manager, or call ``connect()`` and ``close()``
     yourself; a publish on an unconnected publisher connects lazily.
@@ -60,6 +65,8 @@ class EventPublisher(Endpoint):
     """
 
     def _init_state(self) -> None:
+        self._stream = self.settings.transport == "stream"
+        self._retention: dict[str, int] = {}
         self._client: Redis | None = None
         self._in_flight = 0
         self._all_done = anyio.Event()
@@ -118,8 +125,14 @@ class EventPublisher(Endpoint):
 
         await client.aclose()
 
-    async def publish(self, topic: str, event: BaseModel | Mapping[str, Any]) -> int:
-        """Publish one event and return how many subscribers received it.
+    async def publish(
+        self, topic: str, event: BaseModel | Mapping[str, Any]
+    ) -> int | str:
+        """Publish one event.
+
+        Returns:
+            On pub/sub, Redis's count of subscriptions that received it; on
+            streams, the id of the new entry.
 
         Raises:
             ConfigurationError: ``topic`` is not a usable name.
@@ -132,26 +145,41 @@ class EventPublisher(Endpoint):
             PermissionDeniedError: The user may not publish to ``topic``.
         """
         data = self.registry.encode(validate_topic(topic), event)
-        receivers: int = await self._retrying(
-            "PUBLISH", topic, lambda client: client.publish(topic, data)
-        )
+        if self._stream:
+            key, maxlen = stream_key(topic), self._maxlen(topic)
+            entry_id: bytes | str = await self._retrying(
+                "XADD",
+                topic,
+                lambda client: client.xadd(
+                    key, {DATA_FIELD: data}, maxlen=maxlen, approximate=True
+                ),
+            )
+            result: int | str = (
+                entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+            )
+        else:
+            result = await self._retrying(
+                "PUBLISH", topic, lambda client: client.publish(topic, data)
+            )
+
         self._events_published += 1
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(
                 "Published %d bytes to %s", len(data), topic, extra={"topic": topic}
             )
-        return receivers
+        return result
 
     async def publish_many(
         self, topic: str, events: Iterable[BaseModel | Mapping[str, Any]]
-    ) -> list[int]:
+    ) -> list[int] | list[str]:
         """Publish a batch in one pipelined round trip.
 
         Every event is encoded before anything is sent, so one bad event
         fails the whole batch without sending any of it.
 
         Returns:
-            The number of receivers of each event, in order.
+            For each event in order: the receiver count (pub/sub) or the
+            entry id (streams).
 
         Raises:
             The same errors as ``publish``. After a lost connection the whole
@@ -162,28 +190,52 @@ class EventPublisher(Endpoint):
         if not payloads:
             return []
 
-        async def send(client: Redis) -> list[int]:
+        key = stream_key(topic) if self._stream else ""
+        maxlen = self._maxlen(topic)
+
+        async def send(client: Redis) -> list[Any]:
             async with client.pipeline(transaction=False) as pipe:
                 for data in payloads:
-                    pipe.publish(topic, data)
+                    if self._stream:
+                        pipe.xadd(
+                            key, {DATA_FIELD: data}, maxlen=maxlen, approximate=True
+                        )
+                    else:
+                        pipe.publish(topic, data)
 
-                result: list[int] = await pipe.execute()
+                result: list[Any] = await pipe.execute()
                 return result
 
-        counts = await self._retrying("PUBLISH", topic, send)
+        replies = await self._retrying(
+            "XADD" if self._stream else "PUBLISH", topic, send
+        )
         self._events_published += len(payloads)
-        return counts
+        if self._stream:
+            return [entry_id.decode() for entry_id in replies]
+
+        return [int(count) for count in replies]
+
+    def set_retention(self, topic: str, maxlen: int) -> None:
+        """Keep about ``maxlen`` entries of ``topic``'s stream (``MAXLEN ~``).
+
+        Overrides ``stream_maxlen`` for one topic; 0 keeps everything.
+        """
+        self._retention[stream_key(topic)] = maxlen
+
+    def _maxlen(self, topic: str) -> int | None:
+        maxlen = self._retention.get(stream_key(topic), self.settings.stream_maxlen)
+        return maxlen or None
 
     async def publish_key_submitted(
         self, key_value: str, token_name: str, **fields: Any
-    ) -> int:
+    ) -> int | str:
         """Publish a ``key_submitted`` event to ``key_submission``."""
         event = KeySubmitted(key_value=key_value, token_name=token_name, **fields)
         return await self.publish(c.KEY_SUBMISSION_TOPIC, event)
 
     async def publish_profile_created(
         self, profile_id: int | str, profile_data: Mapping[str, Any], **fields: Any
-    ) -> int:
+    ) -> int | str:
         """Publish a ``profile_created`` event to ``profile_events``."""
         event = ProfileCreated(
             profile_id=profile_id, profile_data=dict(profile_data), **fields
@@ -192,7 +244,7 @@ class EventPublisher(Endpoint):
 
     async def publish_profile_updated(
         self, profile_id: int | str, profile_data: Mapping[str, Any], **fields: Any
-    ) -> int:
+    ) -> int | str:
         """Publish a ``profile_updated`` event to ``profile_events``."""
         event = ProfileUpdated(
             profile_id=profile_id, profile_data=dict(profile_data), **fields
@@ -201,7 +253,7 @@ class EventPublisher(Endpoint):
 
     async def publish_profile_deleted(
         self, profile_id: int | str, **fields: Any
-    ) -> int:
+    ) -> int | str:
         """Publish a ``profile_deleted`` event to ``profile_events``."""
         event = ProfileDeleted(profile_id=profile_id, **fields)
         return await self.publish(c.PROFILE_EVENTS_TOPIC, event)

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import logging
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import anyio
+from redis import RedisError
 
-from redis_events._connection import create_client
+from redis_events._connection import create_client, translate_error
 from redis_events._endpoint import Endpoint
 from redis_events._pubsub import PubSubReader
 from redis_events._routing import OrderingKey, Router
+from redis_events._stream_session import StreamSession, group_info, replay
 from redis_events.codec import validate_topic
 from redis_events.dispatcher import Delivery, Dispatcher, Handler, Stats
 from redis_events.dispatcher import current_delivery as _current_delivery
+from redis_events.exceptions import ConfigurationError
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -58,6 +61,7 @@ class EventSubscriber(Endpoint):
         self._router = Router(self.registry, self._stats)
         self._reader: PubSubReader | None = None
         self._client: Redis | None = None
+        self._session: StreamSession | None = None
         self._dispatcher: Dispatcher | None = None
         self._read_scope: anyio.CancelScope | None = None
         self._forwards: set[anyio.CancelScope] = set()
@@ -81,7 +85,12 @@ class EventSubscriber(Endpoint):
     @property
     def running(self) -> bool:
         """Tell whether ``run()`` is starting or running."""
-        return self._reader is not None
+        return self._reader is not None or self._session is not None
+
+    @property
+    def consumer_name(self) -> str | None:
+        """This instance's consumer name in its group (streams, while running)."""
+        return self._session.consumer_name if self._session is not None else None
 
     def on(self, *topics: str) -> Callable[[Handler], Handler]:
         """Register the decorated handler for each of ``topics``.
@@ -111,6 +120,7 @@ class EventSubscriber(Endpoint):
             RuntimeError: The subscriber is running; use ``psubscribe()``.
         """
         self._check_not_running("on_pattern")
+        self._check_pubsub("on_pattern")
         names = [validate_topic(pattern) for pattern in patterns]
 
         def register(handler: Handler) -> Handler:
@@ -151,6 +161,10 @@ class EventSubscriber(Endpoint):
                 the subscription stays and is restored on reconnect.
             PermissionDeniedError: Redis refused the subscription.
         """
+        if self._session is not None:
+            msg = "stream topics are fixed while running; add them before run()"
+            raise RuntimeError(msg)
+
         first = self._router.add(self._router.channels, validate_topic(topic), handler)
         if first and self._reader is not None:
             await self._reader.subscribe(channels=[topic])
@@ -163,6 +177,7 @@ class EventSubscriber(Endpoint):
             RedisUnavailableError: As for ``subscribe``.
             PermissionDeniedError: Redis refused the subscription.
         """
+        self._check_pubsub("psubscribe")
         table = self._router.patterns
         first = self._router.add(table, validate_topic(pattern), handler)
         if first and self._reader is not None:
@@ -202,6 +217,7 @@ class EventSubscriber(Endpoint):
             subscriber stops, deliveries still waiting for the loop are
             dropped.
         """
+        self._check_pubsub("subscription")
         send, receive = anyio.create_memory_object_stream[Delivery](max_buffer)
 
         async def forward(topic: str, event: object) -> None:
@@ -261,7 +277,7 @@ class EventSubscriber(Endpoint):
         this subscriber's own handlers, where it only asks for the stop. Does
         nothing when the subscriber is not running.
         """
-        if self._reader is None:
+        if not self.running:
             return
 
         self._request_stop()
@@ -271,12 +287,53 @@ class EventSubscriber(Endpoint):
 
     def abort(self) -> None:
         """Stop at once: cancel handlers in flight instead of waiting."""
-        if self._reader is None:
+        if not self.running:
             return
 
         self._request_stop()
         if self._dispatcher is not None:
             self._dispatcher.drain(0)
+
+    async def replay(
+        self,
+        topic: str,
+        handler: Handler,
+        *,
+        start: str = "all",
+        end: str | None = None,
+    ) -> int:
+        """Feed ``topic``'s stream history to ``handler``, oldest first.
+
+        ``start`` and ``end`` are ``all``, an entry id or an ISO 8601 time.
+        No consumer group is read from or moved, so running consumers are
+        unaffected: use it to rebuild state after a bug fix. Entries that
+        cannot be decoded are logged and skipped.
+
+        Returns:
+            How many events ``handler`` was given.
+
+        Raises:
+            RedisUnavailableError: Redis cannot be reached.
+        """
+        return await replay(
+            self.settings, self.registry, topic, handler, start=start, end=end
+        )
+
+    async def group_info(self) -> dict[str, dict[str, Any]]:
+        """Return the group's lag, pending count and consumers, per topic.
+
+        Raises:
+            RedisUnavailableError: Redis cannot be reached.
+        """
+        client = create_client(self.settings, role="sub")
+        try:
+            return await group_info(client, self.settings, list(self._router.channels))
+        except (RedisError, OSError) as exc:
+            raise translate_error(
+                exc, operation="XINFO GROUPS", settings=self.settings
+            ) from exc
+        finally:
+            await client.aclose()
 
     def get_stats(self) -> dict[str, int]:
         """Return the subscriber's counters.
@@ -329,9 +386,13 @@ class EventSubscriber(Endpoint):
             self._read_scope.cancel()
 
     async def _open(self) -> None:
-        if self._reader is not None:
+        if self.running:
             msg = "this subscriber is already running"
             raise RuntimeError(msg)
+
+        if self.settings.transport == "stream":
+            await self._open_stream()
+            return
 
         client = create_client(self.settings, role="sub")
         reader = PubSubReader(client, self.settings, self._stats)
@@ -355,9 +416,53 @@ class EventSubscriber(Endpoint):
 
             raise
 
+    async def _open_stream(self) -> None:
+        session = StreamSession(self.settings, self._router, self._stats)
+        self._session = session
+        self._stop_requested = False
+        self._finished = anyio.Event()
+        try:
+            await session.connect()
+        except BaseException:
+            self._session = None
+            self._finished.set()
+            with anyio.CancelScope(shield=True):
+                await session.aclose()
+
+            raise
+
+    async def _serve_stream(self, task_status: TaskStatus[None]) -> None:
+        session = self._session
+        assert session is not None, "_open() must succeed first"
+        dispatcher = self._dispatcher = Dispatcher(
+            max_concurrency=self.settings.max_concurrency,
+            handler_timeout=self.settings.handler_timeout,
+            shutdown_timeout=self.settings.shutdown_timeout,
+            stats=self._stats,
+            on_outcome=session.consumer.settle,
+        )
+        read_scope = self._read_scope = anyio.CancelScope()
+        if self._stop_requested:
+            read_scope.cancel()
+
+        try:
+            await session.serve(dispatcher, read_scope, task_status)
+        finally:
+            self._read_scope = None
+            self._session = self._dispatcher = None
+            with anyio.CancelScope(shield=True):
+                await session.aclose()
+
+            self._finished.set()
+            logger.info("Subscriber stopped: %s", self._stats.as_dict())
+
     async def _serve(
         self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
+        if self._session is not None:
+            await self._serve_stream(task_status)
+            return
+
         reader, client = self._reader, self._client
         assert reader is not None, "_open() must succeed first"
         assert client is not None, "_open() must succeed first"
@@ -404,8 +509,13 @@ class EventSubscriber(Endpoint):
         for stream in list(self._streams):
             stream.close()
 
+    def _check_pubsub(self, method: str) -> None:
+        if self.settings.transport == "stream":
+            msg = f"{method}() works on the pub/sub transport only, not on streams"
+            raise ConfigurationError(msg)
+
     def _check_not_running(self, method: str) -> None:
-        if self._reader is not None:
+        if self.running:
             msg = (
                 f"{method}() registers handlers before the subscriber runs; "
                 "while it runs, use 'await subscriber.subscribe(...)' or "

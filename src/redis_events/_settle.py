@@ -1,0 +1,147 @@
+"""Acknowledge and dead-letter stream entries, in batches, off the read path."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+import anyio
+
+from redis_events._connection import RETRYABLE_ERRORS, Backoff
+from redis_events._keys import dead_letter_key
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+    from redis_events.config import Settings
+    from redis_events.dispatcher import Stats
+
+__all__ = ["Settler"]
+
+logger = logging.getLogger("redis_events._streams")
+
+_DeadLetter = tuple[str, str, str, str, int, dict[bytes, bytes]]
+
+
+class Settler:
+    """Queue acknowledgements and dead letters; write them in batches.
+
+    A dead letter is written with its acknowledgement in one MULTI/EXEC, so
+    an entry is never acknowledged without being kept, nor kept twice.
+    """
+
+    def __init__(
+        self, client: Redis, settings: Settings, stats: Stats, consumer: str
+    ) -> None:
+        self._client = client
+        self._settings = settings
+        self._stats = stats
+        self._consumer = consumer
+        self._fields: dict[tuple[str, str], dict[bytes, bytes]] = {}
+        self._acks: dict[str, list[str]] = {}
+        self._dead: list[_DeadLetter] = []
+        self._wake = anyio.Event()
+
+    def remember(self, key: str, entry_id: str, fields: dict[bytes, bytes]) -> None:
+        """Keep an entry's fields while it is in flight, for a dead letter."""
+        self._fields[(key, entry_id)] = fields
+
+    def forget(self, key: str, entry_id: str) -> None:
+        """Drop what was kept of an entry that stays pending."""
+        self._fields.pop((key, entry_id), None)
+
+    def ack(self, key: str, entry_id: str) -> None:
+        """Queue an acknowledgement."""
+        self._fields.pop((key, entry_id), None)
+        self._acks.setdefault(key, []).append(entry_id)
+        self._wake.set()
+
+    def dead_letter(
+        self, key: str, topic: str, entry_id: str, reason: str, count: int
+    ) -> None:
+        """Queue a move to the dead-letter stream (with its acknowledgement)."""
+        fields = self._fields.pop((key, entry_id), {})
+        self._dead.append((key, topic, entry_id, reason, count, fields))
+        self._wake.set()
+
+    @property
+    def pending(self) -> int:
+        """Acknowledgements and dead letters not written yet."""
+        return sum(len(ids) for ids in self._acks.values()) + len(self._dead)
+
+    async def run(self) -> None:
+        """Write what is queued, as it comes, until cancelled."""
+        backoff = Backoff(base=0.1, cap=self._settings.reconnect_backoff_cap)
+        while True:
+            await self._wake.wait()
+            self._wake = anyio.Event()
+            try:
+                await self.flush()
+            except RETRYABLE_ERRORS as exc:
+                logger.warning("Could not settle entries yet (%s)", type(exc).__name__)
+                self._wake.set()
+                await anyio.sleep(backoff.next_delay())
+            else:
+                backoff.reset()
+
+    async def flush(self) -> None:
+        """Write every queued acknowledgement and dead letter now.
+
+        What cannot be written stays queued.
+        """
+        acks, self._acks = self._acks, {}
+        dead, self._dead = self._dead, []
+        try:
+            if acks:
+                await self._write_acks(acks)
+                acks = {}
+
+            while dead:
+                await self._write_dead_letter(dead[0])
+                dead.pop(0)
+        finally:
+            for key, ids in acks.items():
+                self._acks.setdefault(key, []).extend(ids)
+
+            self._dead[:0] = dead
+
+    async def _write_acks(self, acks: dict[str, list[str]]) -> None:
+        group = self._settings.group
+        async with self._client.pipeline(transaction=False) as pipe:
+            for key, ids in acks.items():
+                pipe.xack(key, group, *ids)
+
+            await pipe.execute()
+
+        done = sum(len(ids) for ids in acks.values())
+        self._stats.add("acked", done)
+
+    async def _write_dead_letter(self, letter: _DeadLetter) -> None:
+        key, topic, entry_id, reason, count, fields = letter
+        record: dict[bytes | str, bytes | str | int] = {
+            name if name == b"data" else b"original:" + name: value
+            for name, value in fields.items()
+        }
+        record |= {
+            "original_id": entry_id,
+            "topic": topic,
+            "reason": reason,
+            "delivery_count": count,
+            "group": self._settings.group,
+            "consumer": self._consumer,
+            "dead_at": datetime.now(UTC).isoformat(),
+        }
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.xadd(dead_letter_key(topic), record)  # type: ignore[arg-type]
+            pipe.xack(key, self._settings.group, entry_id)
+            await pipe.execute()
+
+        self._stats.add("dead_lettered")
+        logger.warning(
+            "Moved entry %s of %s to the dead letters: %s",
+            entry_id,
+            topic,
+            reason,
+            extra={"topic": topic, "entry_id": entry_id},
+        )

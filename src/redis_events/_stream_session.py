@@ -1,0 +1,238 @@
+"""One run of a subscriber on the streams transport, and replay of history."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from redis import RedisError
+
+from redis_events._connection import create_client, translate_error
+from redis_events._keys import DATA_FIELD, stream_key
+from redis_events._streams import StreamConsumer, start_id
+from redis_events.exceptions import ConfigurationError, EventDecodeError
+
+if TYPE_CHECKING:
+    from collections.abc import Hashable
+
+    from anyio.abc import TaskStatus
+    from redis.asyncio import Redis
+
+    from redis_events._routing import Router
+    from redis_events.codec import EventRegistry
+    from redis_events.config import Settings
+    from redis_events.dispatcher import Delivery, Dispatcher, Handler, Stats
+
+__all__ = ["StreamSession", "default_consumer_name", "group_info", "replay"]
+
+logger = logging.getLogger("redis_events.subscriber")
+
+
+def default_consumer_name() -> str:
+    """Return ``<host>-<pid>-<random>``: unique per running instance."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+class StreamSession:
+    """Clients, consumer and settler of one ``run()`` on streams."""
+
+    def __init__(self, settings: Settings, router: Router, stats: Stats) -> None:
+        if router.patterns:
+            msg = "patterns work on the pub/sub transport only, not on streams"
+            raise ConfigurationError(msg)
+
+        crowded = [topic for topic, hs in router.channels.items() if len(hs) > 1]
+        if crowded:
+            msg = (
+                f"one handler per topic on the streams transport ({crowded[0]!r} "
+                "has more): an entry is acknowledged when its handler succeeded"
+            )
+            raise ConfigurationError(msg)
+
+        self._settings = settings
+        self._router = router
+        self.consumer_name = settings.consumer or default_consumer_name()
+        # The reading client waits up to block_seconds for entries, on top of
+        # the usual reply timeout, so an idle XREADGROUP is never cut short.
+        self.reader = create_client(
+            settings.model_copy(
+                update={
+                    "socket_timeout": settings.socket_timeout + settings.block_seconds
+                }
+            ),
+            role="sub",
+        )
+        self.client = create_client(settings, role="sub")
+        self.consumer = StreamConsumer(
+            reader=self.reader,
+            client=self.client,
+            settings=settings,
+            registry=router.registry,
+            stats=stats,
+            topics=list(router.channels),
+            consumer=self.consumer_name,
+        )
+
+    async def connect(self) -> None:
+        """Create the consumer groups.
+
+        Raises:
+            RedisUnavailableError: Redis cannot be reached.
+            PermissionDeniedError: The user may not create a group.
+        """
+        await self.consumer.connect()
+        logger.info(
+            "Consuming %s as %r in group %r at %s",
+            ", ".join(self._router.channels),
+            self.consumer_name,
+            self._settings.group,
+            self._settings.masked_url,
+        )
+
+    async def serve(
+        self,
+        dispatcher: Dispatcher,
+        read_scope: anyio.CancelScope,
+        task_status: TaskStatus[None],
+    ) -> None:
+        """Read and dispatch until ``read_scope`` is cancelled, then settle."""
+
+        async def deliver(delivery: Delivery) -> None:
+            handler = self._router.channels[delivery.topic][0]
+            await dispatcher.submit(handler, delivery, key=self._key(delivery))
+
+        async with anyio.create_task_group() as settling:
+            settling.start_soon(self.consumer.settler.run)
+            try:
+                async with dispatcher.running():
+                    with read_scope:
+                        task_status.started()
+                        await self.consumer.run(deliver)
+            finally:
+                # Handlers have finished (or were cancelled): write their
+                # acknowledgements before the connection goes.
+                with (
+                    anyio.CancelScope(shield=True),
+                    anyio.move_on_after(self._settings.socket_timeout),
+                ):
+                    await self._flush()
+
+                settling.cancel_scope.cancel()
+
+    async def aclose(self) -> None:
+        """Close both clients."""
+        await self.reader.aclose()
+        await self.client.aclose()
+
+    def _key(self, delivery: Delivery) -> Hashable | None:
+        order = self._router.ordering(delivery.topic)
+        return order(delivery.event) if order is not None else None
+
+    async def _flush(self) -> None:
+        try:
+            await self.consumer.settler.flush()
+        except Exception:
+            logger.warning(
+                "Could not acknowledge %d entries at stop; they stay pending",
+                self.consumer.settler.pending,
+                exc_info=True,
+            )
+
+
+async def replay(
+    settings: Settings,
+    registry: EventRegistry,
+    topic: str,
+    handler: Handler,
+    *,
+    start: str = "all",
+    end: str | None = None,
+    batch: int = 500,
+) -> int:
+    """Feed ``topic``'s stream history to ``handler``, oldest first.
+
+    Reads with XRANGE: no consumer group is read from or changed. Entries that
+    cannot be decoded are logged and skipped.
+
+    Returns:
+        How many events the handler was given.
+
+    Raises:
+        RedisUnavailableError: Redis cannot be reached.
+        RedisEventsError: ``start`` or ``end`` is not usable.
+    """
+    key = stream_key(topic)
+    first = "-" if start == "all" else start_id(start)
+    last = "+" if end is None else start_id(end)
+    client = create_client(settings, role="replay")
+    given = 0
+    try:
+        while True:
+            entries: list[Any] = (
+                await client.xrange(key, first, last, count=batch) or []
+            )
+            for entry_id, fields in entries:
+                given += await _replay_one(registry, topic, handler, entry_id, fields)
+
+            if len(entries) < batch:
+                return given
+
+            first = "(" + _text(entries[-1][0])
+    except (RedisError, OSError) as exc:
+        raise translate_error(
+            exc, operation="XRANGE", settings=settings, topic=topic
+        ) from exc
+    finally:
+        with anyio.CancelScope(shield=True):
+            await client.aclose()
+
+
+async def _replay_one(
+    registry: EventRegistry,
+    topic: str,
+    handler: Handler,
+    entry_id: bytes | str,
+    fields: dict[bytes, bytes] | None,
+) -> int:
+    data = fields.get(DATA_FIELD) if fields else None
+    try:
+        if data is None:
+            raise EventDecodeError("no 'data' field", topic=topic)
+
+        event = registry.decode(topic, data)
+    except EventDecodeError as exc:
+        logger.warning("Replay skipped entry %s: %s", _text(entry_id), exc.reason)
+        return 0
+
+    result: Any = handler(topic, event)
+    if hasattr(result, "__await__"):
+        await result
+
+    return 1
+
+
+async def group_info(
+    client: Redis, settings: Settings, topics: list[str]
+) -> dict[str, dict[str, Any]]:
+    """Return lag, pending count and consumers of the group, per topic."""
+    info: dict[str, dict[str, Any]] = {}
+    for topic in topics:
+        key = stream_key(topic)
+        for group in await client.xinfo_groups(key):
+            if _text(group["name"]) == settings.group:
+                info[topic] = {
+                    "pending": int(group["pending"]),
+                    "lag": group.get("lag"),
+                    "consumers": int(group["consumers"]),
+                    "last_delivered_id": _text(group["last-delivered-id"]),
+                }
+
+    return info
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,407 @@
+"""The streams transport's consumer: one consumer of one group, many topics.
+
+At-least-once: an entry is acknowledged only after its handlers succeeded.
+A failed entry stays pending and is claimed again by this consumer after
+``retry_backoff``; entries left pending by a consumer that died are claimed
+with XAUTOCLAIM once idle for ``claim_min_idle``. After ``max_deliveries``
+(Redis's own delivery counter), or at once for input that can never succeed,
+an entry moves to its topic's dead-letter stream and is acknowledged in the
+same MULTI/EXEC.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from redis import RedisError
+from redis.exceptions import ResponseError
+
+from redis_events._connection import RETRYABLE_ERRORS, Backoff, translate_error
+from redis_events._keys import DATA_FIELD, stream_key
+from redis_events._settle import Settler
+from redis_events.dispatcher import Delivery, Outcome
+from redis_events.exceptions import EventDecodeError, RedisEventsError
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+    from redis_events.codec import EventRegistry
+    from redis_events.config import Settings
+    from redis_events.dispatcher import Stats
+
+__all__ = ["StreamConsumer", "start_id"]
+
+logger = logging.getLogger(__name__)
+
+OnDelivery = Callable[[Delivery], Awaitable[None]]
+
+# Counters this transport adds to a subscriber's stats.
+STREAM_COUNTERS = (
+    "acked",
+    "retries",
+    "dead_lettered",
+    "reclaimed",
+    "missing_entries",
+    "groups_recreated",
+)
+Entry = tuple[bytes, dict[bytes, bytes] | None]
+
+
+class StreamConsumer:
+    """Read, claim and settle the entries of ``topics`` for one consumer."""
+
+    def __init__(
+        self,
+        *,
+        reader: Redis,
+        client: Redis,
+        settings: Settings,
+        registry: EventRegistry,
+        stats: Stats,
+        topics: list[str],
+        consumer: str,
+    ) -> None:
+        self._reader = reader
+        self._client = client
+        self._settings = settings
+        self._registry = registry
+        self._stats = stats
+        self._topics = {stream_key(topic): topic for topic in topics}
+        self.consumer = consumer
+        self.group = settings.group
+        self.settler = Settler(client, settings, stats, consumer)
+        self._retries: list[tuple[float, str, str, int]] = []
+        self._next_claim = 0.0
+        self._backoff = Backoff(
+            base=settings.reconnect_backoff_base, cap=settings.reconnect_backoff_cap
+        )
+        self._failing = False
+        for name in STREAM_COUNTERS:
+            stats.extra.setdefault(name, 0)
+
+    async def connect(self) -> None:
+        """Create every group that is missing (MKSTREAM), at ``start_from``.
+
+        Raises:
+            RedisUnavailableError: Redis cannot be reached.
+            PermissionDeniedError: The user may not create the group.
+        """
+        start = start_id(self._settings.start_from)
+        for key in self._topics:
+            await self._create_group(key, start)
+
+    async def run(self, on_delivery: OnDelivery) -> None:
+        """Consume until cancelled: own pending entries first, then new ones.
+
+        Note:
+            Connection errors are retried without limit, with capped backoff;
+            a group that vanished is created again. Cancelling the caller is
+            safe at any point: what was read but not handled stays pending.
+        """
+        history = True
+        while True:
+            try:
+                if history:
+                    history = await self._read_history(on_delivery)
+                else:
+                    await self._cycle(on_delivery)
+            except RETRYABLE_ERRORS as exc:
+                await self._trouble(exc)
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise translate_error(
+                        exc, operation="XREADGROUP", settings=self._settings
+                    ) from exc
+
+                await self._recreate_groups()
+            else:
+                self._recovered()
+
+    def settle(self, delivery: Delivery, outcome: Outcome) -> None:
+        """Act on a finished delivery: ack, retry later, dead-letter or keep."""
+        key = stream_key(delivery.topic)
+        entry_id = delivery.delivery_id or ""
+        if outcome is Outcome.HANDLED:
+            self.settler.ack(key, entry_id)
+        elif outcome in (Outcome.FAILED, Outcome.TIMED_OUT):
+            if delivery.delivery_count >= self._settings.max_deliveries:
+                reason = f"handler {outcome.value} {delivery.delivery_count} times"
+                self.settler.dead_letter(
+                    key, delivery.topic, entry_id, reason, delivery.delivery_count
+                )
+            else:
+                self._stats.add("retries")
+                due = anyio.current_time() + self._settings.retry_backoff
+                heapq.heappush(
+                    self._retries,
+                    (due, key, entry_id, delivery.delivery_count + 1),
+                )
+        else:
+            # Cancelled or never started: left pending for this consumer's
+            # next start, or for another consumer's claim.
+            self.settler.forget(key, entry_id)
+
+    async def _cycle(self, on_delivery: OnDelivery) -> None:
+        now = anyio.current_time()
+        if self._retries and self._retries[0][0] <= now:
+            await self._retry_due(on_delivery)
+            return
+
+        if now >= self._next_claim:
+            self._next_claim = now + self._settings.claim_interval
+            await self._claim_idle(on_delivery)
+            return
+
+        wake = self._next_claim
+        if self._retries:
+            wake = min(wake, self._retries[0][0])
+
+        block = max(0.001, min(self._settings.block_seconds, wake - now))
+        reply = await self._reader.xreadgroup(
+            self.group,
+            self.consumer,
+            dict.fromkeys(self._topics, ">"),
+            count=self._settings.read_count,
+            block=int(block * 1000),
+        )
+        for key, entries in _streams(reply):
+            for entry in entries:
+                await self._deliver(key, entry, 1, on_delivery)
+
+    async def _read_history(self, on_delivery: OnDelivery) -> bool:
+        """Take back this consumer's own pending entries after a restart.
+
+        Returns whether there may be more.
+        """
+        reply = await self._reader.xreadgroup(
+            self.group,
+            self.consumer,
+            dict.fromkeys(self._topics, "0"),
+            count=self._settings.read_count,
+        )
+        found = False
+        for key, entries in _streams(reply):
+            if entries:
+                found = True
+                await self._deliver_counted(key, entries, on_delivery)
+
+        return found
+
+    async def _retry_due(self, on_delivery: OnDelivery) -> None:
+        now = anyio.current_time()
+        while self._retries and self._retries[0][0] <= now:
+            _, key, entry_id, count = heapq.heappop(self._retries)
+            # XCLAIM to ourselves increments Redis's delivery counter.
+            claimed = await self._client.xclaim(
+                key, self.group, self.consumer, 0, [entry_id]
+            )
+            if not claimed:
+                self._missing(key, entry_id)
+                continue
+
+            await self._deliver(key, _entry(claimed[0]), count, on_delivery)
+
+    async def _claim_idle(self, on_delivery: OnDelivery) -> None:
+        min_idle = int(self._settings.claim_min_idle * 1000)
+        for key in self._topics:
+            cursor = "0-0"
+            while True:
+                reply = await self._client.xautoclaim(
+                    key,
+                    self.group,
+                    self.consumer,
+                    min_idle,
+                    start_id=cursor,
+                    count=self._settings.read_count,
+                )
+                cursor = _text(reply[0])
+                entries = [_entry(e) for e in reply[1]]
+                # Redis 7 also lists ids whose entry was deleted; 6.2 does not.
+                for deleted in reply[2] if len(reply) > 2 else ():
+                    self._missing(key, _text(deleted))
+
+                if entries:
+                    self._stats.add("reclaimed", len(entries))
+                    await self._deliver_counted(key, entries, on_delivery)
+
+                if cursor == "0-0":
+                    break
+
+    async def _deliver_counted(
+        self, key: str, entries: list[Entry], on_delivery: OnDelivery
+    ) -> None:
+        counts = await self._delivery_counts(key, [e[0] for e in entries])
+        for entry in entries:
+            await self._deliver(key, entry, counts.get(entry[0], 1), on_delivery)
+
+    async def _delivery_counts(self, key: str, ids: list[bytes]) -> dict[bytes, int]:
+        async with self._client.pipeline(transaction=False) as pipe:
+            for entry_id in ids:
+                pipe.xpending_range(key, self.group, entry_id, entry_id, 1)
+
+            replies = await pipe.execute()
+
+        counts = {}
+        for rows in replies:
+            for row in rows:
+                counts[_bytes(row["message_id"])] = int(row["times_delivered"])
+
+        return counts
+
+    async def _deliver(
+        self, key: str, entry: Entry, count: int, on_delivery: OnDelivery
+    ) -> None:
+        raw_id, fields = entry
+        entry_id = _text(raw_id)
+        topic = self._topics[key]
+        if fields is None:
+            self._missing(key, entry_id)
+            return
+
+        data = fields.get(DATA_FIELD)
+        self.settler.remember(key, entry_id, fields)
+        self._stats.events_received += 1
+        if data is None:
+            self._reject(key, topic, entry_id, "no 'data' field", count)
+            return
+
+        if count > self._settings.max_deliveries:
+            reason = f"delivered {count} times, more than max_deliveries"
+            self.settler.dead_letter(key, topic, entry_id, reason, count)
+            return
+
+        try:
+            event = self._registry.decode(topic, data)
+        except EventDecodeError as exc:
+            self._reject(key, topic, entry_id, exc.reason, count)
+            return
+
+        delivery = Delivery(
+            topic=topic, event=event, delivery_id=entry_id, delivery_count=count
+        )
+        await on_delivery(delivery)
+
+    def _reject(
+        self, key: str, topic: str, entry_id: str, reason: str, count: int
+    ) -> None:
+        self._stats.invalid_events += 1
+        logger.warning(
+            "Rejected entry %s on %s: %s",
+            entry_id,
+            topic,
+            reason,
+            extra={"topic": topic, "entry_id": entry_id},
+        )
+        self.settler.dead_letter(key, topic, entry_id, f"invalid: {reason}", count)
+
+    def _missing(self, key: str, entry_id: str) -> None:
+        # The entry was deleted (XDEL, trimming) while pending: nothing can
+        # be handled, so the id is acknowledged and counted.
+        self._stats.add("missing_entries")
+        logger.warning("Pending entry %s of %s no longer exists", entry_id, key)
+        self.settler.ack(key, entry_id)
+
+    async def _create_group(self, key: str, start: str) -> None:
+        try:
+            await self._client.xgroup_create(key, self.group, id=start, mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise translate_error(
+                    exc, operation="XGROUP CREATE", settings=self._settings
+                ) from exc
+        except (RedisError, OSError) as exc:
+            raise translate_error(
+                exc, operation="XGROUP CREATE", settings=self._settings
+            ) from exc
+
+    async def _recreate_groups(self) -> None:
+        logger.warning(
+            "Consumer group %r is gone (Redis restarted empty?); creating it again",
+            self.group,
+        )
+        self._stats.add("groups_recreated")
+        # From the start of what is there now: the stream is new, and every
+        # entry in it was published after the group vanished.
+        for key in self._topics:
+            await self._create_group(key, "0")
+
+        await anyio.sleep(self._backoff.next_delay())
+
+    async def _trouble(self, exc: BaseException) -> None:
+        delay = self._backoff.next_delay()
+        self._stats.reconnect_attempts += 1
+        if not self._failing:
+            self._failing = True
+            logger.warning(
+                "Stream consumer lost Redis at %s (%s: %s); retrying",
+                self._settings.masked_url,
+                type(exc).__name__,
+                exc,
+            )
+
+        await anyio.sleep(delay)
+
+    def _recovered(self) -> None:
+        if self._failing:
+            self._failing = False
+            self._stats.reconnects += 1
+            logger.info("Stream consumer reached Redis again")
+
+        self._backoff.reset()
+
+
+def start_id(start_from: str) -> str:
+    """Translate ``start_from`` (new, all, an id or an ISO time) to an id.
+
+    Raises:
+        RedisEventsError: The value is none of those.
+    """
+    if start_from == "new":
+        return "$"
+
+    if start_from == "all":
+        return "0"
+
+    head, _, tail = start_from.partition("-")
+    if head.isdigit() and (not tail or tail.isdigit()):
+        return start_from
+
+    from datetime import UTC, datetime
+
+    try:
+        moment = datetime.fromisoformat(start_from)
+    except ValueError:
+        msg = f"start_from must be new, all, an entry id or an ISO time: {start_from!r}"
+        raise RedisEventsError(msg) from None
+
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+
+    return f"{int(moment.timestamp() * 1000)}-0"
+
+
+def _streams(reply: Any) -> list[tuple[str, list[Entry]]]:
+    if not reply:
+        return []
+
+    if isinstance(reply, dict):  # RESP3
+        return [(_text(k), [_entry(e) for e in v[0]]) for k, v in reply.items()]
+
+    return [(_text(key), [_entry(e) for e in entries]) for key, entries in reply]
+
+
+def _entry(raw: Any) -> Entry:
+    entry_id, fields = raw
+    return _bytes(entry_id), (dict(fields) if fields is not None else None)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _bytes(value: bytes | str) -> bytes:
+    return value.encode() if isinstance(value, str) else value
