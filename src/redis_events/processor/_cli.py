@@ -18,9 +18,9 @@ from pydantic_settings import NoDecode
 from redis_events import _constants as c
 from redis_events.codec import validate_topic
 from redis_events.config import Settings
-from redis_events.exceptions import ConfigurationError
+from redis_events.exceptions import ConfigurationError, RedisEventsError
 from redis_events.processor._core import EventProcessor
-from redis_events.processor._service import EXIT_UNAVAILABLE, serve
+from redis_events.processor._service import EXIT_OK, EXIT_UNAVAILABLE, serve
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -103,6 +103,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="DEBUG, INFO, WARNING or ERROR (env REDIS_EVENTS_LOG_LEVEL; default INFO)",
     )
     parser.add_argument(
+        "--transport",
+        choices=["pubsub", "stream"],
+        help="pubsub (fire-and-forget) or stream (consumer group, "
+        "at-least-once) (env REDIS_EVENTS_TRANSPORT; default pubsub)",
+    )
+    parser.add_argument(
+        "--group",
+        help="consumer group on the stream transport "
+        f"(env REDIS_EVENTS_GROUP; default {c.DEFAULT_GROUP})",
+    )
+    parser.add_argument(
+        "--consumer",
+        help="this instance's consumer name in the group (env "
+        "REDIS_EVENTS_CONSUMER; default <host>-<pid>-<random>)",
+    )
+    parser.add_argument(
+        "--replay-from",
+        metavar="ID|TIME|all",
+        help="stream transport: instead of consuming, feed each topic's "
+        "history from this entry id or ISO 8601 time to the handlers, "
+        "without touching the group, then exit",
+    )
+    parser.add_argument(
         "--stats-interval",
         type=float,
         help="seconds between stats log lines, 0 = off "
@@ -114,7 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the processor until a signal; return the process exit code."""
     args = build_parser().parse_args(argv)
-    given = {k: v for k, v in vars(args).items() if v is not None}
+    given = {
+        k: v for k, v in vars(args).items() if v is not None and k != "replay_from"
+    }
     try:
         settings = ProcessorSettings.from_arguments(
             given.pop("redis_url", None), **given
@@ -136,10 +161,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
 
     try:
+        if args.replay_from is not None:
+            return anyio.run(_replay, settings, args.replay_from)
+
         return anyio.run(_serve, settings)
     except KeyboardInterrupt:
         # Only reachable before the signal handlers are installed.
         return EXIT_INTERRUPTED
+
+
+async def _replay(settings: ProcessorSettings, start: str) -> int:
+    if settings.transport != "stream":
+        print(  # noqa: T201
+            "redis-events processor: --replay-from needs --transport stream",
+            file=sys.stderr,
+        )
+        return EXIT_UNAVAILABLE
+
+    processor = EventProcessor(settings=settings, topics=settings.topics)
+    try:
+        counts = await processor.replay(start=start)
+    except RedisEventsError as exc:
+        print(f"redis-events processor: {exc}", file=sys.stderr)  # noqa: T201
+        return EXIT_UNAVAILABLE
+
+    for topic, count in counts.items():
+        logger.info("Replayed %d events of %s", count, topic)
+
+    logger.info("Replay done. Stats: %s", processor.get_stats())
+    return EXIT_OK
 
 
 async def _serve(settings: ProcessorSettings) -> int:

@@ -111,8 +111,11 @@ class EventProcessor:
             c.PROFILE_EVENTS_TOPIC: self.handle_profile_event,
             c.PROCESSING_RESULTS_TOPIC: self.handle_result,
         }
-        for topic in self.topics:
-            self.subscriber.on(topic)(handlers.get(topic, self.handle_other))
+        self._handlers = {
+            topic: handlers.get(topic, self.handle_other) for topic in self.topics
+        }
+        for topic, handler in self._handlers.items():
+            self.subscriber.on(topic)(handler)
 
         # A profile's created/updated/deleted must not overtake each other;
         # different profiles are still processed concurrently.
@@ -161,6 +164,26 @@ class EventProcessor:
     async def stop(self) -> None:
         """Stop taking events and wait for the ones in flight."""
         await self.subscriber.stop()
+
+    async def replay(self, *, start: str, end: str | None = None) -> dict[str, int]:
+        """Feed each topic's stream history to its handler, oldest first.
+
+        Results are published as usual; no consumer group is touched.
+
+        Returns:
+            How many events were replayed, per topic.
+
+        Raises:
+            RedisUnavailableError: Redis cannot be reached.
+        """
+        counts = {}
+        async with self.publisher:
+            for topic, handler in self._handlers.items():
+                counts[topic] = await self.subscriber.replay(
+                    topic, handler, start=start, end=end
+                )
+
+        return counts
 
     def get_stats(self) -> dict[str, int]:
         """Return business counters, publisher and subscriber counters."""

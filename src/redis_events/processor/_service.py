@@ -64,6 +64,8 @@ async def serve(processor: EventProcessor, *, stats_interval: float = 60.0) -> i
         while True:
             await anyio.sleep(stats_interval)
             logger.info("Stats: %s", _format_stats(processor.get_stats()))
+            if processor.settings.transport == "stream":
+                await _report_group(processor)
 
     # Signals are taken over first, so that one arriving while we connect
     # stops the start-up cleanly instead of killing the process.
@@ -103,6 +105,24 @@ async def _run(
         return EXIT_UNAVAILABLE
 
     return EXIT_OK
+
+
+async def _report_group(processor: EventProcessor) -> None:
+    try:
+        info = await processor.subscriber.group_info()
+    except RedisEventsError as exc:
+        logger.warning("Group state unavailable: %s", exc)
+        return
+
+    for topic, state in info.items():
+        logger.info(
+            "Group %s on %s: lag=%s pending=%s consumers=%s",
+            processor.settings.group,
+            topic,
+            state["lag"],
+            state["pending"],
+            state["consumers"],
+        )
 
 
 def _format_stats(stats: dict[str, int]) -> str:
