@@ -75,6 +75,7 @@ class StreamConsumer:
         self.group = settings.group
         self.settler = Settler(client, settings, stats, consumer)
         self._retries: list[tuple[float, str, str, int]] = []
+        self._history = dict.fromkeys(self._topics, "0")
         self._next_claim = 0.0
         self._backoff = Backoff(
             base=settings.reconnect_backoff_base, cap=settings.reconnect_backoff_cap
@@ -180,16 +181,21 @@ class StreamConsumer:
         reply = await self._reader.xreadgroup(
             self.group,
             self.consumer,
-            dict.fromkeys(self._topics, "0"),
+            self._history,
             count=self._settings.read_count,
         )
-        found = False
+        more = False
         for key, entries in _streams(reply):
-            if entries:
-                found = True
-                await self._deliver_counted(key, entries, on_delivery)
+            if not entries:
+                continue
 
-        return found
+            # Pending entries stay pending while they are handled, so the
+            # next read starts after the last one seen, not at 0 again.
+            self._history[key] = _text(entries[-1][0])
+            more = more or len(entries) >= self._settings.read_count
+            await self._deliver_counted(key, entries, on_delivery)
+
+        return more
 
     async def _retry_due(self, on_delivery: OnDelivery) -> None:
         now = anyio.current_time()
