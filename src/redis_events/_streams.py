@@ -28,6 +28,7 @@ from redis_events.exceptions import EventDecodeError, RedisEventsError
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
+    from redis.typing import KeyT, StreamIdT
 
     from redis_events.codec import EventRegistry
     from redis_events.config import Settings
@@ -75,7 +76,7 @@ class StreamConsumer:
         self.group = settings.group
         self.settler = Settler(client, settings, stats, consumer)
         self._retries: list[tuple[float, str, str, int]] = []
-        self._history = dict.fromkeys(self._topics, "0")
+        self._history: dict[KeyT, StreamIdT] = dict.fromkeys(self._topics, "0")
         self._next_claim = 0.0
         self._backoff = Backoff(
             base=settings.reconnect_backoff_base, cap=settings.reconnect_backoff_cap
