@@ -105,6 +105,7 @@ class StreamSession:
             handler = self._router.channels[delivery.topic][0]
             await dispatcher.submit(handler, delivery, key=self._key(delivery))
 
+        error: Exception | None = None
         async with anyio.create_task_group() as settling:
             settling.start_soon(self.consumer.settler.run)
             try:
@@ -112,6 +113,10 @@ class StreamSession:
                     with read_scope:
                         task_status.started()
                         await self.consumer.run(deliver)
+            except Exception as exc:
+                # Raised after the task group, so that it is not wrapped in
+                # an exception group.
+                error = exc
             finally:
                 # Handlers have finished (or were cancelled): write their
                 # acknowledgements before the connection goes.
@@ -122,6 +127,9 @@ class StreamSession:
                     await self._flush()
 
                 settling.cancel_scope.cancel()
+
+        if error is not None:
+            raise error
 
     async def aclose(self) -> None:
         """Close both clients."""

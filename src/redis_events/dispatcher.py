@@ -192,12 +192,17 @@ class Dispatcher:
         """Accept jobs inside the block; drain them when it ends."""
         self._drain_deadline = math.inf
         self._running = True
+        error: Exception | None = None
         async with anyio.create_task_group() as task_group:
             for _ in range(self._limit):
                 task_group.start_soon(self._work)
 
             try:
                 yield
+            except Exception as exc:
+                # Raised after the task group, so that it is not wrapped in
+                # an exception group.
+                error = exc
             finally:
                 self._running = False
                 self._freed.set()
@@ -212,6 +217,8 @@ class Dispatcher:
                 self._report(job[1], Outcome.NOT_STARTED)
 
         self._waiting_by_key.clear()
+        if error is not None:
+            raise error
 
     def drain(self, timeout: float) -> None:
         """Give every call in flight at most ``timeout`` more seconds."""
