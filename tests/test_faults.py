@@ -243,7 +243,7 @@ async def test_subscriber_resubscribes_after_server_restart(
     sub.on(KEY_SUBMISSION_TOPIC, PROFILE_EVENTS_TOPIC)(recorder)
     sub.on_pattern(RESULTS_PATTERN)(recorder)
     pub = EventPublisher(server.url, publish_retry_timeout=1.0)
-    outcome: list[int | BaseException] = []
+    outcome: list[int | str | BaseException] = []
 
     async def publish_during_outage() -> None:
         try:

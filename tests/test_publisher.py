@@ -334,7 +334,7 @@ async def test_a_publish_during_a_short_outage_is_retried_and_delivered(
 
         server.stop()
         gate.is_open = False
-        result: list[int] = []
+        result: list[int | str] = []
 
         async def publish_during_outage() -> None:
             result.append(await pub.publish(topic, {"n": 1}))

@@ -381,16 +381,8 @@ class PubSubReader:
                 patterns |= new_patterns
                 expected |= {("psubscribe", p.encode()) for p in new_patterns}
 
-            while expected:
-                message = await pubsub.get_message(timeout=None)
-                if message is None:
-                    continue
-
-                frame = self._frame(message)
-                if frame is not None:
-                    self._early.append(frame)
-                else:
-                    expected.discard((message["type"], message["channel"]))
+            names = ", ".join(sorted(new_channels | new_patterns))
+            await self._await_confirmations(pubsub, expected, names)
 
         stale_channels = channels - self._channels
         stale_patterns = patterns - self._patterns
@@ -399,6 +391,26 @@ class PubSubReader:
 
         if stale_patterns:
             await pubsub.punsubscribe(*stale_patterns)
+
+    async def _await_confirmations(
+        self, pubsub: PubSub, expected: set[tuple[str, bytes]], names: str
+    ) -> None:
+        while expected:
+            try:
+                message = await pubsub.get_message(timeout=None)
+            except ResponseError as exc:
+                raise translate_error(
+                    exc, operation="SUBSCRIBE", settings=self._settings, topic=names
+                ) from exc
+
+            if message is None:
+                continue
+
+            frame = self._frame(message)
+            if frame is not None:
+                self._early.append(frame)
+            else:
+                expected.discard((message["type"], message["channel"]))
 
     async def _reconnect(self) -> None:
         while True:

@@ -276,6 +276,7 @@ class EventPublisher(Endpoint):
         self, operation: str, topic: str, call: Callable[[Redis], Awaitable[T]]
     ) -> T:
         client = self._ensure_client()
+        started = anyio.current_time()
         self._in_flight += 1
         try:
             try:
@@ -283,7 +284,10 @@ class EventPublisher(Endpoint):
             except (RedisError, OSError) as exc:
                 first_error = exc
 
-            return await self._retry(operation, topic, call, client, first_error)
+            deadline = started + self.settings.publish_retry_timeout
+            return await self._retry(
+                operation, topic, call, client, first_error, deadline
+            )
         finally:
             self._in_flight -= 1
             if not self._in_flight:
@@ -296,8 +300,8 @@ class EventPublisher(Endpoint):
         call: Callable[[Redis], Awaitable[T]],
         client: Redis,
         error: RedisError | OSError,
+        deadline: float,
     ) -> T:
-        deadline = anyio.current_time() + self.settings.publish_retry_timeout
         backoff = Backoff(base=_RETRY_BASE, cap=_RETRY_CAP)
         while True:
             left = deadline - anyio.current_time()

@@ -87,24 +87,41 @@ async def _run(
     stats_interval: float,
     report_stats: Callable[[], Coroutine[Any, Any, None]],
 ) -> int:
-    try:
-        await processor.connect()
-        if stopping.is_set():
-            return EXIT_OK
+    error: RedisEventsError | None = None
+    async with anyio.create_task_group() as task_group:
+        # A signal while connecting ends the start-up at once.
+        task_group.start_soon(_cancel_on, stopping, task_group.cancel_scope)
+        try:
+            await processor.connect()
+        except RedisEventsError as exc:
+            error = exc
+        finally:
+            task_group.cancel_scope.cancel()
 
+    if error is None and not stopping.is_set():
         async with anyio.create_task_group() as task_group:
             if stats_interval > 0:
                 task_group.start_soon(report_stats)
 
             try:
                 await processor.run()
+            except RedisEventsError as exc:
+                # Kept and reported after the task group, which would
+                # otherwise wrap it in an exception group.
+                error = exc
             finally:
                 task_group.cancel_scope.cancel()
-    except RedisEventsError as exc:
-        print(f"redis-events processor: {exc}", file=sys.stderr)  # noqa: T201
+
+    if error is not None:
+        print(f"redis-events processor: {error}", file=sys.stderr)  # noqa: T201
         return EXIT_UNAVAILABLE
 
     return EXIT_OK
+
+
+async def _cancel_on(event: anyio.Event, scope: anyio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
 
 
 async def _report_group(processor: EventProcessor) -> None:
