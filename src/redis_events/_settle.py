@@ -42,6 +42,8 @@ class Settler:
         self._acks: dict[str, list[str]] = {}
         self._dead: list[_DeadLetter] = []
         self._wake = anyio.Event()
+        self._stopping = False
+        self._stopped = anyio.Event()
 
     def remember(self, key: str, entry_id: str, fields: dict[bytes, bytes]) -> None:
         """Keep an entry's fields while it is in flight, for a dead letter."""
@@ -71,19 +73,32 @@ class Settler:
         return sum(len(ids) for ids in self._acks.values()) + len(self._dead)
 
     async def run(self) -> None:
-        """Write what is queued, as it comes, until cancelled."""
+        """Write what is queued, as it comes, until ``stop()``."""
         backoff = Backoff(base=0.1, cap=self._settings.reconnect_backoff_cap)
-        while True:
-            await self._wake.wait()
-            self._wake = anyio.Event()
-            try:
-                await self.flush()
-            except RETRYABLE_ERRORS as exc:
-                logger.warning("Could not settle entries yet (%s)", type(exc).__name__)
-                self._wake.set()
-                await anyio.sleep(backoff.next_delay())
-            else:
-                backoff.reset()
+        try:
+            while not self._stopping:
+                await self._wake.wait()
+                self._wake = anyio.Event()
+                try:
+                    # A write is never cut in half by a stop: shielded.
+                    with anyio.CancelScope(shield=True):
+                        await self.flush()
+                except RETRYABLE_ERRORS as exc:
+                    logger.warning(
+                        "Could not settle entries yet (%s)", type(exc).__name__
+                    )
+                    self._wake.set()
+                    await anyio.sleep(backoff.next_delay())
+                else:
+                    backoff.reset()
+        finally:
+            self._stopped.set()
+
+    async def stop(self) -> None:
+        """Ask ``run()`` to finish its current write and return; wait for it."""
+        self._stopping = True
+        self._wake.set()
+        await self._stopped.wait()
 
     async def flush(self) -> None:
         """Write every queued acknowledgement and dead letter now.
@@ -112,10 +127,10 @@ class Settler:
             for key, ids in acks.items():
                 pipe.xack(key, group, *ids)
 
-            await pipe.execute()
+            replies = await pipe.execute()
 
-        done = sum(len(ids) for ids in acks.values())
-        self._stats.add("acked", done)
+        # What Redis says it acknowledged: an id acknowledged twice counts once.
+        self._stats.add("acked", sum(int(n) for n in replies))
 
     async def _write_dead_letter(self, letter: _DeadLetter) -> None:
         key, topic, entry_id, reason, count, fields = letter

@@ -112,18 +112,20 @@ class StreamSession:
                 async with dispatcher.running():
                     with read_scope:
                         task_status.started()
-                        await self.consumer.run(deliver)
+                        await self.consumer.run(deliver, dispatcher.room)
             except Exception as exc:
                 # Raised after the task group, so that it is not wrapped in
                 # an exception group.
                 error = exc
             finally:
-                # Handlers have finished (or were cancelled): write their
-                # acknowledgements before the connection goes.
+                # Handlers have finished (or were cancelled): let the settler
+                # finish what it is writing, then write what is left, before
+                # the connection goes.
                 with (
                     anyio.CancelScope(shield=True),
                     anyio.move_on_after(self._settings.socket_timeout),
                 ):
+                    await self.consumer.settler.stop()
                     await self._flush()
 
                 settling.cancel_scope.cancel()

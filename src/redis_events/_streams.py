@@ -39,6 +39,10 @@ __all__ = ["StreamConsumer", "start_id"]
 logger = logging.getLogger(__name__)
 
 OnDelivery = Callable[[Delivery], Awaitable[None]]
+Room = Callable[[], Awaitable[int]]
+
+_MAX_SEQUENCE = 2**64 - 1
+_MISSING_MEMORY = 10_000
 
 # Counters this transport adds to a subscriber's stats.
 STREAM_COUNTERS = (
@@ -77,6 +81,9 @@ class StreamConsumer:
         self.settler = Settler(client, settings, stats, consumer)
         self._retries: list[tuple[float, str, str, int]] = []
         self._history: dict[KeyT, StreamIdT] = dict.fromkeys(self._topics, "0")
+        self._in_flight: dict[str, set[str]] = {key: set() for key in self._topics}
+        self._missing_seen: set[tuple[str, str]] = set()
+        self._room: Room = _one_slot
         self._next_claim = 0.0
         self._backoff = Backoff(
             base=settings.reconnect_backoff_base, cap=settings.reconnect_backoff_cap
@@ -92,18 +99,23 @@ class StreamConsumer:
             RedisUnavailableError: Redis cannot be reached.
             PermissionDeniedError: The user may not create the group.
         """
-        start = start_id(self._settings.start_from)
+        start = start_id(self._settings.start_from, for_group=True)
         for key in self._topics:
             await self._create_group(key, start)
 
-    async def run(self, on_delivery: OnDelivery) -> None:
+    async def run(self, on_delivery: OnDelivery, room: Room) -> None:
         """Consume until cancelled: own pending entries first, then new ones.
+
+        ``room`` waits until a handler slot is free and returns how many
+        are: no more entries than that are read at once, so entries do not
+        wait in memory, idle and claimable, for a slot.
 
         Note:
             Connection errors are retried without limit, with capped backoff;
             a group that vanished is created again. Cancelling the caller is
             safe at any point: what was read but not handled stays pending.
         """
+        self._room = room
         history = True
         while True:
             try:
@@ -127,6 +139,7 @@ class StreamConsumer:
         """Act on a finished delivery: ack, retry later, dead-letter or keep."""
         key = stream_key(delivery.topic)
         entry_id = delivery.delivery_id or ""
+        self._in_flight[key].discard(entry_id)
         if outcome is Outcome.HANDLED:
             self.settler.ack(key, entry_id)
         elif outcome in (Outcome.FAILED, Outcome.TIMED_OUT):
@@ -163,11 +176,12 @@ class StreamConsumer:
             wake = min(wake, self._retries[0][0])
 
         block = max(0.001, min(self._settings.block_seconds, wake - now))
+        free = await self._room()
         reply = await self._reader.xreadgroup(
             self.group,
             self.consumer,
             dict.fromkeys(self._topics, ">"),
-            count=self._settings.read_count,
+            count=min(self._settings.read_count, free),
             block=int(block * 1000),
         )
         for key, entries in _streams(reply):
@@ -179,11 +193,12 @@ class StreamConsumer:
 
         Returns whether there may be more.
         """
+        free = await self._room()
         reply = await self._reader.xreadgroup(
             self.group,
             self.consumer,
             self._history,
-            count=self._settings.read_count,
+            count=min(self._settings.read_count, free),
         )
         more = False
         for key, entries in _streams(reply):
@@ -193,7 +208,7 @@ class StreamConsumer:
             # Pending entries stay pending while they are handled, so the
             # next read starts after the last one seen, not at 0 again.
             self._history[key] = _text(entries[-1][0])
-            more = more or len(entries) >= self._settings.read_count
+            more = True
             await self._deliver_counted(key, entries, on_delivery)
 
         return more
@@ -213,6 +228,7 @@ class StreamConsumer:
             await self._deliver(key, _entry(claimed[0]), count, on_delivery)
 
     async def _claim_idle(self, on_delivery: OnDelivery) -> None:
+        await self._refresh_in_flight()
         min_idle = int(self._settings.claim_min_idle * 1000)
         for key in self._topics:
             cursor = "0-0"
@@ -226,7 +242,12 @@ class StreamConsumer:
                     count=self._settings.read_count,
                 )
                 cursor = _text(reply[0])
-                entries = [_entry(e) for e in reply[1]]
+                mine = self._in_flight[key]
+                entries = [
+                    entry
+                    for entry in map(_entry, reply[1])
+                    if _text(entry[0]) not in mine
+                ]
                 # Redis 7 also lists ids whose entry was deleted; 6.2 does not.
                 for deleted in reply[2] if len(reply) > 2 else ():
                     self._missing(key, _text(deleted))
@@ -237,6 +258,22 @@ class StreamConsumer:
 
                 if cursor == "0-0":
                     break
+
+    async def _refresh_in_flight(self) -> None:
+        """Reset the idle time of entries still in their handlers.
+
+        XCLAIM ... JUSTID to ourselves leaves the delivery counter alone, so
+        neither this consumer nor another one claims work that is running.
+        """
+        busy = {key: ids for key, ids in self._in_flight.items() if ids}
+        if not busy:
+            return
+
+        async with self._client.pipeline(transaction=False) as pipe:
+            for key, ids in busy.items():
+                pipe.xclaim(key, self.group, self.consumer, 0, list(ids), justid=True)
+
+            await pipe.execute()
 
     async def _deliver_counted(
         self, key: str, entries: list[Entry], on_delivery: OnDelivery
@@ -290,6 +327,7 @@ class StreamConsumer:
         delivery = Delivery(
             topic=topic, event=event, delivery_id=entry_id, delivery_count=count
         )
+        self._in_flight[key].add(entry_id)
         await on_delivery(delivery)
 
     def _reject(
@@ -307,7 +345,14 @@ class StreamConsumer:
 
     def _missing(self, key: str, entry_id: str) -> None:
         # The entry was deleted (XDEL, trimming) while pending: nothing can
-        # be handled, so the id is acknowledged and counted.
+        # be handled, so the id is acknowledged and counted, once.
+        if (key, entry_id) in self._missing_seen:
+            return
+
+        if len(self._missing_seen) > _MISSING_MEMORY:
+            self._missing_seen.clear()
+
+        self._missing_seen.add((key, entry_id))
         self._stats.add("missing_entries")
         logger.warning("Pending entry %s of %s no longer exists", entry_id, key)
         self.settler.ack(key, entry_id)
@@ -361,8 +406,12 @@ class StreamConsumer:
         self._backoff.reset()
 
 
-def start_id(start_from: str) -> str:
+def start_id(start_from: str, *, for_group: bool = False) -> str:
     """Translate ``start_from`` (new, all, an id or an ISO time) to an id.
+
+    For ``XRANGE`` (replay) the id is the first entry to include. A group is
+    created at the last entry *not* to deliver, so for a group a time is
+    turned into the id just before it; an id keeps Redis's meaning there.
 
     Raises:
         RedisEventsError: The value is none of those.
@@ -388,7 +437,11 @@ def start_id(start_from: str) -> str:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
 
-    return f"{int(moment.timestamp() * 1000)}-0"
+    millis = int(moment.timestamp() * 1000)
+    if for_group:
+        return f"{millis - 1}-{_MAX_SEQUENCE}" if millis > 0 else "0"
+
+    return f"{millis}-0"
 
 
 def _streams(reply: Any) -> list[tuple[str, list[Entry]]]:
@@ -403,7 +456,13 @@ def _streams(reply: Any) -> list[tuple[str, list[Entry]]]:
 
 def _entry(raw: Any) -> Entry:
     entry_id, fields = raw
-    return _bytes(entry_id), (dict(fields) if fields is not None else None)
+    # redis-py turns the nil body of a deleted entry into {} (an XADD always
+    # has at least one field), so an empty body means "gone".
+    return _bytes(entry_id), (dict(fields) if fields else None)
+
+
+async def _one_slot() -> int:
+    return 1
 
 
 def _text(value: bytes | str) -> str:

@@ -226,6 +226,15 @@ class Dispatcher:
         for scope in self._scopes:
             scope.deadline = min(scope.deadline, self._drain_deadline)
 
+    async def room(self) -> int:
+        """Wait until a job can be accepted; return how many can."""
+        while self._accepted >= self._limit:
+            self._check_running()
+            self._freed = anyio.Event()
+            await self._freed.wait()
+
+        return self._limit - self._accepted
+
     def owns_current_task(self) -> bool:
         """Tell whether the calling code runs inside one of this one's handlers."""
         return _current_dispatcher.get(None) is self
