@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import anyio
+from redis.exceptions import ResponseError
 
 from redis_events._connection import RETRYABLE_ERRORS, Backoff
 from redis_events._keys import dead_letter_key
@@ -23,11 +24,21 @@ logger = logging.getLogger("redis_events._streams")
 
 _DeadLetter = tuple[str, str, str, str, int, dict[bytes, bytes]]
 
+# KEYS: stream, dead-letter stream (same hash tag, so one cluster slot).
+# ARGV: group, entry id, then the dead letter's field/value pairs.
+_MOVE_TO_DEAD_LETTERS = """
+if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 1 then
+  redis.call('XADD', KEYS[2], '*', unpack(ARGV, 3))
+  return 1
+end
+return 0
+"""
+
 
 class Settler:
     """Queue acknowledgements and dead letters; write them in batches.
 
-    A dead letter is written with its acknowledgement in one MULTI/EXEC, so
+    A dead letter is written with its acknowledgement in one Lua script, so
     an entry is never acknowledged without being kept, nor kept twice.
     """
 
@@ -42,6 +53,7 @@ class Settler:
         self._acks: dict[str, list[str]] = {}
         self._dead: list[_DeadLetter] = []
         self._wake = anyio.Event()
+        self._move = client.register_script(_MOVE_TO_DEAD_LETTERS)
         self._stopping = False
         self._stopped = anyio.Event()
 
@@ -83,9 +95,13 @@ class Settler:
                     # A write is never cut in half by a stop: shielded.
                     with anyio.CancelScope(shield=True):
                         await self.flush()
-                except RETRYABLE_ERRORS as exc:
+                except (*RETRYABLE_ERRORS, ResponseError) as exc:
+                    # Down, read-only after a failover, out of memory: keep
+                    # everything queued and try again later.
                     logger.warning(
-                        "Could not settle entries yet (%s)", type(exc).__name__
+                        "Could not settle entries yet (%s: %s)",
+                        type(exc).__name__,
+                        exc,
                     )
                     self._wake.set()
                     await anyio.sleep(backoff.next_delay())
@@ -147,10 +163,16 @@ class Settler:
             "consumer": self._consumer,
             "dead_at": datetime.now(UTC).isoformat(),
         }
-        async with self._client.pipeline(transaction=True) as pipe:
-            pipe.xadd(dead_letter_key(topic), record)  # type: ignore[arg-type]
-            pipe.xack(key, self._settings.group, entry_id)
-            await pipe.execute()
+        # One script: the dead letter is written only if this XACK removed
+        # the entry from the pending list, so a retried write (after a reply
+        # lost in a timeout) never keeps it twice.
+        moved = await self._move(
+            keys=[key, dead_letter_key(topic)],
+            args=[self._settings.group, entry_id, *_flatten(record)],
+        )
+        if not moved:
+            logger.debug("Entry %s of %s was already settled", entry_id, topic)
+            return
 
         self._stats.add("dead_lettered")
         logger.warning(
@@ -160,3 +182,11 @@ class Settler:
             reason,
             extra={"topic": topic, "entry_id": entry_id},
         )
+
+
+def _flatten(record: dict[bytes | str, bytes | str | int]) -> list[bytes | str | int]:
+    flat: list[bytes | str | int] = []
+    for name, value in record.items():
+        flat += [name, value]
+
+    return flat

@@ -13,7 +13,8 @@ from redis import RedisError
 
 from redis_events._connection import create_client, translate_error
 from redis_events._keys import DATA_FIELD, stream_key
-from redis_events._streams import StreamConsumer, start_id
+from redis_events._positions import position_to_id
+from redis_events._streams import StreamConsumer
 from redis_events.exceptions import ConfigurationError, EventDecodeError
 
 if TYPE_CHECKING:
@@ -108,6 +109,7 @@ class StreamSession:
         error: Exception | None = None
         async with anyio.create_task_group() as settling:
             settling.start_soon(self.consumer.settler.run)
+            settling.start_soon(self.consumer.keep_alive)
             try:
                 async with dispatcher.running():
                     with read_scope:
@@ -173,11 +175,15 @@ async def replay(
 
     Raises:
         RedisUnavailableError: Redis cannot be reached.
-        RedisEventsError: ``start`` or ``end`` is not usable.
+        ConfigurationError: ``start`` or ``end`` is not usable.
     """
     key = stream_key(topic)
-    first = "-" if start == "all" else start_id(start)
-    last = "+" if end is None else start_id(end)
+    if start == "new":
+        msg = "replay starts at all, an entry id or a time, not at new"
+        raise ConfigurationError(msg)
+
+    first = "-" if start == "all" else position_to_id(start, edge="first", name="start")
+    last = "+" if end is None else position_to_id(end, edge="last", name="end")
     client = create_client(settings, role="replay")
     given = 0
     try:

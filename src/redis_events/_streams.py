@@ -22,9 +22,10 @@ from redis.exceptions import ResponseError
 
 from redis_events._connection import RETRYABLE_ERRORS, Backoff, translate_error
 from redis_events._keys import DATA_FIELD, stream_key
+from redis_events._positions import position_to_id
 from redis_events._settle import Settler
 from redis_events.dispatcher import Delivery, Outcome
-from redis_events.exceptions import EventDecodeError, RedisEventsError
+from redis_events.exceptions import EventDecodeError
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -34,14 +35,13 @@ if TYPE_CHECKING:
     from redis_events.config import Settings
     from redis_events.dispatcher import Stats
 
-__all__ = ["StreamConsumer", "start_id"]
+__all__ = ["StreamConsumer"]
 
 logger = logging.getLogger(__name__)
 
 OnDelivery = Callable[[Delivery], Awaitable[None]]
 Room = Callable[[], Awaitable[int]]
 
-_MAX_SEQUENCE = 2**64 - 1
 _MISSING_MEMORY = 10_000
 
 # Counters this transport adds to a subscriber's stats.
@@ -83,6 +83,7 @@ class StreamConsumer:
         self._history: dict[KeyT, StreamIdT] = dict.fromkeys(self._topics, "0")
         self._in_flight: dict[str, set[str]] = {key: set() for key in self._topics}
         self._missing_seen: set[tuple[str, str]] = set()
+        self._last_read: dict[str, str] = {}
         self._room: Room = _one_slot
         self._next_claim = 0.0
         self._backoff = Backoff(
@@ -99,7 +100,7 @@ class StreamConsumer:
             RedisUnavailableError: Redis cannot be reached.
             PermissionDeniedError: The user may not create the group.
         """
-        start = start_id(self._settings.start_from, for_group=True)
+        start = position_to_id(self._settings.start_from, edge="group")
         for key in self._topics:
             await self._create_group(key, start)
 
@@ -126,7 +127,9 @@ class StreamConsumer:
             except RETRYABLE_ERRORS as exc:
                 await self._trouble(exc)
             except ResponseError as exc:
-                if "NOGROUP" not in str(exc):
+                # NOGROUP: the group is gone; UNBLOCKED: the stream was
+                # deleted under a blocked read (DEL, FLUSHALL).
+                if not str(exc).startswith(("NOGROUP", "UNBLOCKED")):
                     raise translate_error(
                         exc, operation="XREADGROUP", settings=self._settings
                     ) from exc
@@ -185,8 +188,32 @@ class StreamConsumer:
             block=int(block * 1000),
         )
         for key, entries in _streams(reply):
+            if entries:
+                self._last_read[key] = _text(entries[-1][0])
+                self._hold(key, entries)
+
             for entry in entries:
                 await self._deliver(key, entry, 1, on_delivery)
+
+    def _hold(self, key: str, entries: list[Entry]) -> None:
+        # The whole batch counts as in flight from now on, so that entries
+        # waiting for a slot are kept fresh too and never claimed away.
+        self._in_flight[key].update(_text(entry[0]) for entry in entries)
+
+    async def keep_alive(self) -> None:
+        """Keep this consumer's entries in flight from being claimed, forever.
+
+        Runs beside ``run()``: every ``claim_min_idle / 3`` (at most every
+        ``claim_interval``) it resets their idle time, whether or not the
+        read loop is waiting for a handler slot.
+        """
+        every = min(self._settings.claim_interval, self._settings.claim_min_idle / 3)
+        while True:
+            await anyio.sleep(every)
+            try:
+                await self._refresh_in_flight()
+            except (*RETRYABLE_ERRORS, ResponseError) as exc:
+                logger.debug("Could not refresh entries in flight (%s)", exc)
 
     async def _read_history(self, on_delivery: OnDelivery) -> bool:
         """Take back this consumer's own pending entries after a restart.
@@ -216,19 +243,26 @@ class StreamConsumer:
     async def _retry_due(self, on_delivery: OnDelivery) -> None:
         now = anyio.current_time()
         while self._retries and self._retries[0][0] <= now:
-            _, key, entry_id, count = heapq.heappop(self._retries)
-            # XCLAIM to ourselves increments Redis's delivery counter.
-            claimed = await self._client.xclaim(
-                key, self.group, self.consumer, 0, [entry_id]
-            )
+            item = heapq.heappop(self._retries)
+            _, key, entry_id, count = item
+            try:
+                # XCLAIM to ourselves increments Redis's delivery counter.
+                claimed = await self._client.xclaim(
+                    key, self.group, self.consumer, 0, [entry_id]
+                )
+            except BaseException:
+                heapq.heappush(self._retries, item)
+                raise
+
             if not claimed:
                 self._missing(key, entry_id)
                 continue
 
-            await self._deliver(key, _entry(claimed[0]), count, on_delivery)
+            entry = _entry(claimed[0])
+            self._hold(key, [entry])
+            await self._deliver(key, entry, count, on_delivery)
 
     async def _claim_idle(self, on_delivery: OnDelivery) -> None:
-        await self._refresh_in_flight()
         min_idle = int(self._settings.claim_min_idle * 1000)
         for key in self._topics:
             cursor = "0-0"
@@ -239,7 +273,7 @@ class StreamConsumer:
                     self.consumer,
                     min_idle,
                     start_id=cursor,
-                    count=self._settings.read_count,
+                    count=min(self._settings.read_count, await self._room()),
                 )
                 cursor = _text(reply[0])
                 mine = self._in_flight[key]
@@ -278,6 +312,7 @@ class StreamConsumer:
     async def _deliver_counted(
         self, key: str, entries: list[Entry], on_delivery: OnDelivery
     ) -> None:
+        self._hold(key, entries)
         counts = await self._delivery_counts(key, [e[0] for e in entries])
         for entry in entries:
             await self._deliver(key, entry, counts.get(entry[0], 1), on_delivery)
@@ -303,6 +338,7 @@ class StreamConsumer:
         entry_id = _text(raw_id)
         topic = self._topics[key]
         if fields is None:
+            self._in_flight[key].discard(entry_id)
             self._missing(key, entry_id)
             return
 
@@ -315,6 +351,7 @@ class StreamConsumer:
 
         if count > self._settings.max_deliveries:
             reason = f"delivered {count} times, more than max_deliveries"
+            self._in_flight[key].discard(entry_id)
             self.settler.dead_letter(key, topic, entry_id, reason, count)
             return
 
@@ -327,12 +364,12 @@ class StreamConsumer:
         delivery = Delivery(
             topic=topic, event=event, delivery_id=entry_id, delivery_count=count
         )
-        self._in_flight[key].add(entry_id)
         await on_delivery(delivery)
 
     def _reject(
         self, key: str, topic: str, entry_id: str, reason: str, count: int
     ) -> None:
+        self._in_flight[key].discard(entry_id)
         self._stats.invalid_events += 1
         logger.warning(
             "Rejected entry %s on %s: %s",
@@ -376,10 +413,15 @@ class StreamConsumer:
             self.group,
         )
         self._stats.add("groups_recreated")
-        # From the start of what is there now: the stream is new, and every
-        # entry in it was published after the group vanished.
+        # Entries in flight or waiting for a retry belonged to the old group.
+        self._retries.clear()
+        for ids in self._in_flight.values():
+            ids.clear()
+
+        # From the last entry read: a stream that came back empty only holds
+        # newer ids, and one that survived is not read again from its start.
         for key in self._topics:
-            await self._create_group(key, "0")
+            await self._create_group(key, self._last_read.get(key, "0"))
 
         await anyio.sleep(self._backoff.next_delay())
 
@@ -404,44 +446,6 @@ class StreamConsumer:
             logger.info("Stream consumer reached Redis again")
 
         self._backoff.reset()
-
-
-def start_id(start_from: str, *, for_group: bool = False) -> str:
-    """Translate ``start_from`` (new, all, an id or an ISO time) to an id.
-
-    For ``XRANGE`` (replay) the id is the first entry to include. A group is
-    created at the last entry *not* to deliver, so for a group a time is
-    turned into the id just before it; an id keeps Redis's meaning there.
-
-    Raises:
-        RedisEventsError: The value is none of those.
-    """
-    if start_from == "new":
-        return "$"
-
-    if start_from == "all":
-        return "0"
-
-    head, _, tail = start_from.partition("-")
-    if head.isdigit() and (not tail or tail.isdigit()):
-        return start_from
-
-    from datetime import UTC, datetime
-
-    try:
-        moment = datetime.fromisoformat(start_from)
-    except ValueError:
-        msg = f"start_from must be new, all, an entry id or an ISO time: {start_from!r}"
-        raise RedisEventsError(msg) from None
-
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-
-    millis = int(moment.timestamp() * 1000)
-    if for_group:
-        return f"{millis - 1}-{_MAX_SEQUENCE}" if millis > 0 else "0"
-
-    return f"{millis}-0"
 
 
 def _streams(reply: Any) -> list[tuple[str, list[Entry]]]:

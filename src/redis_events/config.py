@@ -16,6 +16,7 @@ from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from redis_events import _constants as c
+from redis_events._positions import check_position
 from redis_events.exceptions import ConfigurationError
 
 __all__ = ["Settings", "mask_url"]
@@ -107,6 +108,11 @@ class Settings(BaseSettings):
     claim_interval: PositiveFloat = c.DEFAULT_CLAIM_INTERVAL
     retry_backoff: float = Field(default=c.DEFAULT_RETRY_BACKOFF, ge=0)
     max_deliveries: int = Field(default=c.DEFAULT_MAX_DELIVERIES, ge=1)
+
+    @field_validator("start_from")
+    @classmethod
+    def _check_start(cls, value: str) -> str:
+        return check_position(value)
 
     @field_validator("redis_url")
     @classmethod

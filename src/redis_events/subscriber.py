@@ -370,7 +370,8 @@ class EventSubscriber(Endpoint):
             # which would wrap it in an exception group; it propagates as is.
             await task_group.__aexit__(None, None, None)
         except BaseExceptionGroup as group:
-            if exc is None and len(group.exceptions) == 1:
+            # The background run failed: raise its error as itself.
+            if len(group.exceptions) == 1:
                 raise group.exceptions[0] from None
 
             raise

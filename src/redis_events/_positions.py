@@ -1,0 +1,84 @@
+"""Positions in a stream: ``new``, ``all``, an entry id, or an ISO 8601 time."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+
+from redis_events.exceptions import ConfigurationError
+
+__all__ = ["MAX_SEQUENCE", "check_position", "position_to_id"]
+
+MAX_SEQUENCE = 2**64 - 1
+_ENTRY_ID = re.compile(r"\d+(-\d+)?")
+
+
+def check_position(value: str, *, name: str = "start_from") -> str:
+    """Return ``value`` if it is a usable position.
+
+    Raises:
+        ConfigurationError: It is not ``new``, ``all``, an entry id
+            (``1700000000000-0``) or an ISO 8601 time with dashes.
+    """
+    _millis(value, name=name)
+    return value
+
+
+def position_to_id(value: str, *, edge: str, name: str = "start_from") -> str:
+    """Turn a position into a stream id.
+
+    ``edge`` says what the id is for: ``"first"`` is the first entry to
+    include (XRANGE start), ``"last"`` the last one to include (XRANGE end),
+    ``"group"`` the last one a new group must not deliver (XGROUP CREATE,
+    where an entry id keeps Redis's meaning: start after it).
+
+    Raises:
+        ConfigurationError: The position is not usable.
+    """
+    if value == "new":
+        return "$"
+
+    if value == "all":
+        return "0"
+
+    if _ENTRY_ID.fullmatch(value):
+        return value
+
+    millis = _millis(value, name=name)
+    if edge == "first":
+        return f"{millis}-0"
+
+    if edge == "last":
+        return f"{millis}-{MAX_SEQUENCE}"
+
+    return f"{millis - 1}-{MAX_SEQUENCE}" if millis > 0 else "0"
+
+
+def _millis(value: str, *, name: str) -> int:
+    if value in {"new", "all"} or _ENTRY_ID.fullmatch(value):
+        return 0
+
+    if "-" not in value:
+        # "20240101" would parse as a date, but an all-digit value is an id.
+        raise _bad(value, name)
+
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise _bad(value, name) from None
+
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+
+    millis = int(moment.timestamp() * 1000)
+    if millis < 0:
+        raise _bad(value, name)
+
+    return millis
+
+
+def _bad(value: str, name: str) -> ConfigurationError:
+    return ConfigurationError(
+        f"{name} must be new, all, an entry id (1700000000000-0) or an ISO 8601 "
+        f"time such as 2024-01-01T00:00:00Z, not {value!r}"
+    )
