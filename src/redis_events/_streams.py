@@ -76,6 +76,7 @@ class StreamConsumer:
         self._registry = registry
         self._stats = stats
         self._topics = {stream_key(topic): topic for topic in topics}
+        self._keys = {topic: key for key, topic in self._topics.items()}
         self.consumer = consumer
         self.group = settings.group
         self.settler = Settler(client, settings, stats, consumer)
@@ -140,7 +141,7 @@ class StreamConsumer:
 
     def settle(self, delivery: Delivery, outcome: Outcome) -> None:
         """Act on a finished delivery: ack, retry later, dead-letter or keep."""
-        key = stream_key(delivery.topic)
+        key = self._keys[delivery.topic]
         entry_id = delivery.delivery_id or ""
         self._in_flight[key].discard(entry_id)
         if outcome is Outcome.HANDLED:

@@ -339,30 +339,45 @@ class Dispatcher:
     ) -> Outcome:
         _current.set(delivery)
         _current_dispatcher.set(self)
+        if self._handler_timeout == math.inf:
+            # No timeout, no cancel scope: it would cost more than the rest
+            # of the dispatch.
+            return await self._guarded(handler, delivery, worker_scope, None)
+
         with anyio.move_on_after(self._handler_timeout) as timeout_scope:
-            try:
-                await self._invoke(handler, delivery)
-            except anyio.get_cancelled_exc_class() as exc:
-                if timeout_scope.cancel_called or worker_scope.cancel_called:
-                    raise
+            return await self._guarded(handler, delivery, worker_scope, timeout_scope)
 
-                # A handler that awaited something cancelled by someone else:
-                # its failure, not a reason to stop the whole subscriber.
-                return self._failed(handler, delivery, exc)
-            except Exception as exc:
-                return self._failed(handler, delivery, exc)
+        self._stats.handler_timeouts += 1
+        logger.error(
+            "Handler %s timed out after %.1f s on topic %s (event %s)",
+            _name(handler),
+            self._handler_timeout,
+            delivery.topic,
+            delivery.event_id,
+            extra={"topic": delivery.topic, "event_id": delivery.event_id},
+        )
+        return Outcome.TIMED_OUT
 
-        if timeout_scope.cancelled_caught:
-            self._stats.handler_timeouts += 1
-            logger.error(
-                "Handler %s timed out after %.1f s on topic %s (event %s)",
-                _name(handler),
-                self._handler_timeout,
-                delivery.topic,
-                delivery.event_id,
-                extra={"topic": delivery.topic, "event_id": delivery.event_id},
-            )
-            return Outcome.TIMED_OUT
+    async def _guarded(
+        self,
+        handler: Handler,
+        delivery: Delivery,
+        worker_scope: anyio.CancelScope,
+        timeout_scope: anyio.CancelScope | None,
+    ) -> Outcome:
+        try:
+            await self._invoke(handler, delivery)
+        except anyio.get_cancelled_exc_class() as exc:
+            if worker_scope.cancel_called or (
+                timeout_scope is not None and timeout_scope.cancel_called
+            ):
+                raise
+
+            # A handler that awaited something cancelled by someone else:
+            # its failure, not a reason to stop the whole subscriber.
+            return self._failed(handler, delivery, exc)
+        except Exception as exc:
+            return self._failed(handler, delivery, exc)
 
         self._stats.events_handled += 1
         return Outcome.HANDLED
