@@ -121,9 +121,12 @@ def translate_error(
     address = settings.masked_url
     kind = type(exc).__name__
     if isinstance(exc, redis_errors.NoPermissionError):
+        # Redis's NOPERM text names the refused command, key or channel; it
+        # never holds a payload or a password.
         return PermissionDeniedError(
             f"{operation}{where} was refused by Redis at {address}: the user "
-            f"lacks the ACL right for it ({kind}); grant it or use another user"
+            f"lacks the ACL right for it ({kind}: {exc}); grant it or use "
+            "another user"
         )
 
     if isinstance(exc, _PERMANENT_ERRORS):

@@ -315,7 +315,9 @@ class PubSubReader:
                     return
 
     async def _open(self) -> None:
-        pubsub = self._client.pubsub()
+        # With RESP3, redis-py logs every push message (payloads included) at
+        # DEBUG unless a handler is given; this one hands them back unlogged.
+        pubsub = self._client.pubsub(push_handler_func=_unlogged)
         try:
             with anyio.fail_after(
                 self._settings.socket_connect_timeout + self._settings.socket_timeout
@@ -469,3 +471,7 @@ class PubSubReader:
             f"({why}); it stays registered and is restored when the connection "
             "comes back"
         )
+
+
+async def _unlogged(response: Any) -> Any:
+    return response

@@ -7,9 +7,9 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import anyio
-from redis.exceptions import ResponseError
+from redis.exceptions import NoPermissionError, ResponseError
 
-from redis_events._connection import RETRYABLE_ERRORS, Backoff
+from redis_events._connection import RETRYABLE_ERRORS, Backoff, translate_error
 from redis_events._keys import dead_letter_key
 
 if TYPE_CHECKING:
@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
     from redis_events.config import Settings
     from redis_events.dispatcher import Stats
+    from redis_events.exceptions import RedisEventsError
 
 __all__ = ["Settler"]
 
@@ -56,6 +57,8 @@ class Settler:
         self._move = client.register_script(_MOVE_TO_DEAD_LETTERS)
         self._stopping = False
         self._stopped = anyio.Event()
+        self.failed = anyio.Event()
+        self.fatal: RedisEventsError | None = None
 
     def remember(self, key: str, entry_id: str, fields: dict[bytes, bytes]) -> None:
         """Keep an entry's fields while it is in flight, for a dead letter."""
@@ -95,6 +98,19 @@ class Settler:
                     # A write is never cut in half by a stop: shielded.
                     with anyio.CancelScope(shield=True):
                         await self.flush()
+                except NoPermissionError as exc:
+                    # Retrying cannot help: every entry would come back again
+                    # and again. Reading stops and the error is raised.
+                    streams = sorted({*self._acks, *(d[0] for d in self._dead)})
+                    self.fatal = translate_error(
+                        exc,
+                        operation="settling entries",
+                        settings=self._settings,
+                        topic=", ".join(streams),
+                    )
+                    logger.error("%s", self.fatal)
+                    self.failed.set()
+                    return
                 except (*RETRYABLE_ERRORS, ResponseError) as exc:
                     # Down, read-only after a failover, out of memory: keep
                     # everything queued and try again later.

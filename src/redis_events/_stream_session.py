@@ -110,6 +110,9 @@ class StreamSession:
         async with anyio.create_task_group() as settling:
             settling.start_soon(self.consumer.settler.run)
             settling.start_soon(self.consumer.keep_alive)
+            settling.start_soon(
+                _cancel_when_set, self.consumer.settler.failed, read_scope
+            )
             try:
                 async with dispatcher.running():
                     with read_scope:
@@ -135,6 +138,9 @@ class StreamSession:
         if error is not None:
             raise error
 
+        if self.consumer.settler.fatal is not None:
+            raise self.consumer.settler.fatal
+
     async def aclose(self) -> None:
         """Close both clients."""
         await self.reader.aclose()
@@ -153,6 +159,11 @@ class StreamSession:
                 self.consumer.settler.pending,
                 exc_info=True,
             )
+
+
+async def _cancel_when_set(event: anyio.Event, scope: anyio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
 
 
 async def replay(

@@ -132,7 +132,10 @@ class StreamConsumer:
                 # deleted under a blocked read (DEL, FLUSHALL).
                 if not str(exc).startswith(("NOGROUP", "UNBLOCKED")):
                     raise translate_error(
-                        exc, operation="XREADGROUP", settings=self._settings
+                        exc,
+                        operation="consuming",
+                        settings=self._settings,
+                        topic=", ".join(self._topics.values()),
                     ) from exc
 
                 await self._recreate_groups()
@@ -401,11 +404,17 @@ class StreamConsumer:
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise translate_error(
-                    exc, operation="XGROUP CREATE", settings=self._settings
+                    exc,
+                    operation="XGROUP CREATE",
+                    settings=self._settings,
+                    topic=self._topics[key],
                 ) from exc
         except (RedisError, OSError) as exc:
             raise translate_error(
-                exc, operation="XGROUP CREATE", settings=self._settings
+                exc,
+                operation="XGROUP CREATE",
+                settings=self._settings,
+                topic=self._topics[key],
             ) from exc
 
     async def _recreate_groups(self) -> None:
