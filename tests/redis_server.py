@@ -15,6 +15,8 @@ import time
 from typing import TYPE_CHECKING, Self
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -91,7 +93,12 @@ class RedisServer:
             *self.args,
         ]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
-        self._wait_ready()
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.kill()
+            raise
+
         return self
 
     def stop(self) -> None:
@@ -121,10 +128,14 @@ class RedisServer:
         if process is None:
             return
 
+        # No retries: the server going away is the point, not an error.
+        client = self.client(retry=Retry(NoBackoff(), 0))
         try:
-            self.client().shutdown(nosave=True)
+            client.shutdown(nosave=True)
         except redis.ConnectionError:
             pass
+        finally:
+            client.close()
 
         process.wait(timeout=10)
 
