@@ -196,10 +196,28 @@ def test_publisher_takes_the_original_keyword_form() -> None:
     assert publisher.settings.redis_url == "redis://192.168.1.100:6380/1"
 
 
-@pytest.mark.parametrize(
-    "keywords",
-    [{"host": "h"}, {"port": 1}, {"db": 0}, {"username": "u"}, {"password": "p"}],
-)
+def test_credentials_alone_apply_to_the_url_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("REDIS_URL", "redis://elsewhere:6390/2")
+
+    settings = Settings.from_arguments(username="u", password="s3cret")
+
+    assert settings.redis_url == "redis://elsewhere:6390/2"
+    assert settings.username == "u"
+    assert settings.password is not None
+    assert settings.password.get_secret_value() == "s3cret"
+    assert "s3cret" not in repr(settings)
+
+
+def test_credentials_may_go_with_a_url() -> None:
+    settings = Settings.from_arguments("redis://x:6379/0", username="u", password="p")
+
+    assert settings.redis_url == "redis://x:6379/0"
+    assert settings.username == "u"
+
+
+@pytest.mark.parametrize("keywords", [{"host": "h"}, {"port": 1}, {"db": 0}])
 def test_url_and_keyword_form_together_is_a_configuration_error(
     keywords: dict[str, str | int],
 ) -> None:

@@ -80,6 +80,12 @@ def create_client(settings: Settings, *, role: str) -> Redis:
         # with "Too many connections" when every pooled one is busy.
         "timeout": settings.socket_timeout,
     }
+    if settings.username is not None:
+        options["username"] = settings.username
+
+    if settings.password is not None:
+        options["password"] = settings.password.get_secret_value()
+
     if settings.scheme == "rediss":
         options.update(settings.ssl_options())
 

@@ -182,7 +182,13 @@ class StreamConsumer:
         if self._retries:
             wake = min(wake, self._retries[0][0])
 
-        block = max(0.001, min(self._settings.block_seconds, wake - now))
+        block = min(self._settings.block_seconds, wake - now)
+        if any(self._in_flight.values()):
+            # A handler in flight may fail and need its retry on time: wake
+            # up often enough for retry_backoff to hold.
+            block = min(block, max(self._settings.retry_backoff, 0.05))
+
+        block = max(0.001, block)
         free = await self._room()
         reply = await self._reader.xreadgroup(
             self.group,

@@ -12,7 +12,7 @@ import ssl
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from redis_events import _constants as c
@@ -82,6 +82,12 @@ class Settings(BaseSettings):
     )
     shutdown_timeout: float = Field(default=c.DEFAULT_SHUTDOWN_TIMEOUT, ge=0)
     max_event_bytes: int = Field(default=c.DEFAULT_MAX_EVENT_BYTES, ge=64)
+    username: str | None = Field(
+        default=None, description="Redis ACL user, when not in the URL."
+    )
+    password: SecretStr | None = Field(
+        default=None, repr=False, description="Redis password, when not in the URL."
+    )
     ssl_ca_certs: str | None = None
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
@@ -199,13 +205,21 @@ class Settings(BaseSettings):
             ConfigurationError: The URL and the keyword form were both given,
                 or a value is not valid.
         """
-        keyword_form = any(v is not None for v in (host, port, db, username, password))
+        keyword_form = any(v is not None for v in (host, port, db))
         if redis_url is not None and keyword_form:
-            msg = "give either redis_url or host/port/db/username/password, not both"
+            msg = "give either redis_url or host/port/db, not both"
             raise ConfigurationError(msg)
 
         if keyword_form:
             redis_url = _url_from_parts(host, port, db, username, password)
+        else:
+            # Credentials alone apply to whatever URL is used, given or
+            # from the environment; a password in the URL itself wins.
+            if username is not None:
+                options["username"] = username
+
+            if password is not None:
+                options["password"] = password
 
         if redis_url is not None:
             options["redis_url"] = redis_url
@@ -213,6 +227,8 @@ class Settings(BaseSettings):
         try:
             if settings is not None:
                 merged = settings.model_dump() | options
+                if settings.password is not None and "password" not in options:
+                    merged["password"] = settings.password
                 return cls.model_validate(merged)
 
             return cls(**options)

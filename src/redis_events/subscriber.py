@@ -314,7 +314,9 @@ class EventSubscriber(Endpoint):
 
         Raises:
             RedisUnavailableError: Redis cannot be reached.
+            ConfigurationError: This subscriber is not on the stream transport.
         """
+        self._check_stream("replay")
         return await replay(
             self.settings, self.registry, topic, handler, start=start, end=end
         )
@@ -324,7 +326,9 @@ class EventSubscriber(Endpoint):
 
         Raises:
             RedisUnavailableError: Redis cannot be reached.
+            ConfigurationError: This subscriber is not on the stream transport.
         """
+        self._check_stream("group_info")
         client = create_client(self.settings, role="sub")
         try:
             return await group_info(client, self.settings, list(self._router.channels))
@@ -509,6 +513,11 @@ class EventSubscriber(Endpoint):
 
         for stream in list(self._streams):
             stream.close()
+
+    def _check_stream(self, method: str) -> None:
+        if self.settings.transport != "stream":
+            msg = f"{method}() works on the stream transport only"
+            raise ConfigurationError(msg)
 
     def _check_pubsub(self, method: str) -> None:
         if self.settings.transport == "stream":
