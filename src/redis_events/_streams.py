@@ -200,10 +200,8 @@ class StreamConsumer:
         for key, entries in _streams(reply):
             if entries:
                 self._last_read[key] = _text(entries[-1][0])
-                self._hold(key, entries)
 
-            for entry in entries:
-                await self._deliver(key, entry, 1, on_delivery)
+            await self._deliver_held(key, entries, {}, on_delivery)
 
     def _hold(self, key: str, entries: list[Entry]) -> None:
         # The whole batch counts as in flight from now on, so that entries
@@ -265,12 +263,13 @@ class StreamConsumer:
                 raise
 
             if not claimed:
-                self._missing(key, entry_id)
+                # Already claimed and settled elsewhere, or deleted (Redis
+                # then drops it from the pending list itself): nothing to do.
+                logger.debug("Retry of %s on %s found nothing to claim", entry_id, key)
                 continue
 
             entry = _entry(claimed[0])
-            self._hold(key, [entry])
-            await self._deliver(key, entry, count, on_delivery)
+            await self._deliver_held(key, [entry], {entry[0]: count}, on_delivery)
 
     async def _claim_idle(self, on_delivery: OnDelivery) -> None:
         min_idle = int(self._settings.claim_min_idle * 1000)
@@ -322,10 +321,31 @@ class StreamConsumer:
     async def _deliver_counted(
         self, key: str, entries: list[Entry], on_delivery: OnDelivery
     ) -> None:
-        self._hold(key, entries)
         counts = await self._delivery_counts(key, [e[0] for e in entries])
-        for entry in entries:
-            await self._deliver(key, entry, counts.get(entry[0], 1), on_delivery)
+        await self._deliver_held(key, entries, counts, on_delivery)
+
+    async def _deliver_held(
+        self,
+        key: str,
+        entries: list[Entry],
+        counts: dict[bytes, int],
+        on_delivery: OnDelivery,
+    ) -> None:
+        """Deliver a batch that counts as in flight until each is handed over.
+
+        If delivering stops half way (a lost connection, a stop), the entries
+        not handed over are released, so that they can be claimed again
+        instead of being kept fresh forever by the keep-alive.
+        """
+        self._hold(key, entries)
+        delivered = 0
+        try:
+            for entry in entries:
+                await self._deliver(key, entry, counts.get(entry[0], 1), on_delivery)
+                delivered += 1
+        finally:
+            for raw_id, _ in entries[delivered:]:
+                self._in_flight[key].discard(_text(raw_id))
 
     async def _delivery_counts(self, key: str, ids: list[bytes]) -> dict[bytes, int]:
         async with self._client.pipeline(transaction=False) as pipe:
