@@ -33,6 +33,21 @@ PAYLOAD = b'{"event_type": "tick", "pad": "' + b"x" * 160 + b'"}'
 BIG_PAYLOAD = b'{"event_type": "tick", "pad": "' + b"x" * 2000 + b'"}'
 
 
+class SlowHandler:
+    """Takes 10 ms per event; remembers the most handlers seen at once."""
+
+    def __init__(self, sub: EventSubscriber) -> None:
+        self.sub = sub
+        self.peak_in_flight = 0
+        self.handled = 0
+
+    async def __call__(self, topic: str, event: object) -> None:
+        in_flight = self.sub.get_stats()["in_flight"]
+        self.peak_in_flight = max(self.peak_in_flight, in_flight)
+        await anyio.sleep(0.01)
+        self.handled += 1
+
+
 def rss_kib() -> int:
     """Return this process's resident set size in KiB."""
     with open("/proc/self/status", encoding="ascii") as status:
@@ -53,15 +68,8 @@ async def test_a_slow_pubsub_subscriber_is_cut_by_redis_and_says_so(
     sub = EventSubscriber(
         own_redis_server.url, max_concurrency=CONCURRENCY, reconnect_backoff_cap=0.5
     )
-    peak_in_flight = 0
-    handled = 0
-
-    @sub.on("ticks")
-    async def slow(topic: str, event: object) -> None:
-        nonlocal peak_in_flight, handled
-        peak_in_flight = max(peak_in_flight, sub.get_stats()["in_flight"])
-        await anyio.sleep(0.01)
-        handled += 1
+    slow = SlowHandler(sub)
+    sub.on("ticks")(slow)
 
     before = rss_kib()
     async with sub:
@@ -74,9 +82,9 @@ async def test_a_slow_pubsub_subscriber_is_cut_by_redis_and_says_so(
         grown = rss_kib() - before
 
     stats = sub.get_stats()
-    assert peak_in_flight <= CONCURRENCY
+    assert slow.peak_in_flight <= CONCURRENCY
     # Far fewer than all: the rest was dropped by Redis with the connection.
-    assert 0 < handled < EVENTS
+    assert 0 < slow.handled < EVENTS
     assert stats["reconnects"] >= 1
     assert grown < 64 * 1024, f"RSS grew by {grown} KiB"
     lost = [r for r in caplog.records if "Lost the subscriber connection" in r.message]
@@ -103,28 +111,21 @@ async def test_a_slow_stream_consumer_keeps_the_excess_in_the_stream(
         start_from="all",
         max_concurrency=CONCURRENCY,
     )
-    peak_in_flight = 0
-    handled = 0
-
-    @sub.on("ticks")
-    async def slow(topic: str, event: object) -> None:
-        nonlocal peak_in_flight, handled
-        peak_in_flight = max(peak_in_flight, sub.get_stats()["in_flight"])
-        await anyio.sleep(0.01)
-        handled += 1
+    slow = SlowHandler(sub)
+    sub.on("ticks")(slow)
 
     before = rss_kib()
     async with sub:
-        await wait_until(lambda: handled >= 200, timeout=20)
+        await wait_until(lambda: slow.handled >= 200, timeout=20)
         pending = r.xpending(key, "redis-events")["pending"]
         grown = rss_kib() - before
 
     stats = sub.get_stats()
     info = {g["name"]: g for g in r.xinfo_groups(key)}["redis-events"]
-    assert peak_in_flight <= CONCURRENCY
+    assert slow.peak_in_flight <= CONCURRENCY
     # No more taken from the stream than there are handler slots.
     assert pending <= CONCURRENCY
     assert info["lag"] == EVENTS - stats["events_received"]
-    assert stats["acked"] == handled
+    assert stats["acked"] == slow.handled
     assert grown < 64 * 1024, f"RSS grew by {grown} KiB"
     r.close()
