@@ -69,6 +69,9 @@ class Router:
         ``key`` is a field name of the event, or a function of the event.
         """
         validate_topic(topic)
+        # TODO(ordering-check): a field name is not checked against the
+        # topic's model, so a misspelt one puts every event under one key
+        # (all handled one at a time) instead of failing at set-up.
         if isinstance(key, str):
             name = key
             self._ordering[topic] = lambda event: _field(event, name)

@@ -374,6 +374,8 @@ class StreamConsumer:
 
         data = fields.get(DATA_FIELD)
         self.settler.remember(key, entry_id, fields)
+        # TODO(stream-stats): this counts deliveries, so a retried entry is
+        # received twice; a per-event count needs the delivery counter.
         self._stats.events_received += 1
         if data is None:
             self._reject(key, topic, entry_id, "no 'data' field", count)
