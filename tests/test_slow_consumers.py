@@ -125,7 +125,10 @@ async def test_a_slow_stream_consumer_keeps_the_excess_in_the_stream(
     assert slow.peak_in_flight <= CONCURRENCY
     # No more taken from the stream than there are handler slots.
     assert pending <= CONCURRENCY
-    assert info["lag"] == EVENTS - stats["events_received"]
+    # Everything not read is still in the stream; at most one batch of free
+    # slots was read at the stop without being handed to a handler.
+    unread = EVENTS - stats["events_received"]
+    assert unread - CONCURRENCY <= info["lag"] <= unread
     assert stats["acked"] == slow.handled
     assert grown < 64 * 1024, f"RSS grew by {grown} KiB"
     r.close()
