@@ -11,9 +11,12 @@ a server that does not ask for client certificates.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import pytest
@@ -30,7 +33,6 @@ from tests.redis_server import RedisServer, free_port
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-    from pathlib import Path
 
 pytestmark = pytest.mark.redis
 
@@ -250,6 +252,44 @@ async def test_publisher_and_subscriber_work_over_tls_with_a_client_certificate(
     )
 
     assert received == list(range(EVENTS))
+
+
+def sockets_open_to(port: int) -> int:
+    """Count this process's open TCP sockets whose remote end is ``port``.
+
+    Reads ``/proc``: a socket counts from the moment it is created until its
+    file descriptor is closed, whatever state TCP is in.
+    """
+    inodes = set()
+    for fd in Path("/proc/self/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:[") : -1])
+
+    count = 0
+    for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            remote_port = int(fields[2].rsplit(":", 1)[1], 16)
+            if remote_port == port and fields[9] in inodes:
+                count += 1
+
+    return count
+
+
+async def test_a_stopped_pubsub_subscriber_has_closed_its_tls_socket(
+    tls_server: TLSRedisServer, certificates: Certificates, uid: str
+) -> None:
+    # redis-py's PubSub.aclose() does not wait for the TLS closing handshake,
+    # so the socket outlives the stop, and an event loop ending right after
+    # finds it still open (a ResourceWarning). The subscriber waits for it.
+    topic = f"tls-close-{uid}"
+    await round_trip(
+        tls_server.url, topic, "pubsub", **with_client_certificate(certificates)
+    )
+
+    assert sockets_open_to(tls_server.port) == 0
 
 
 @pytest.mark.fault

@@ -9,6 +9,7 @@ was away. Publishing is one command and lives in ``publisher``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -326,7 +327,7 @@ class PubSubReader:
                 await self._subscribe_all(pubsub)
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped upstream
+                await _close(pubsub)
 
             # The built-in TimeoutError from fail_after is an OSError too.
             if isinstance(exc, RedisError | OSError):
@@ -463,7 +464,7 @@ class PubSubReader:
         self._pending.fail_all(reason)
         if pubsub is not None:
             with anyio.CancelScope(shield=True):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped upstream
+                await _close(pubsub)
 
     def _not_confirmed(self, why: str) -> RedisUnavailableError:
         return RedisUnavailableError(
@@ -475,3 +476,18 @@ class PubSubReader:
 
 async def _unlogged(response: Any) -> Any:
     return response
+
+
+async def _close(pubsub: PubSub) -> None:
+    """Close ``pubsub``'s connection and wait until it is closed.
+
+    ``PubSub.aclose()`` closes without waiting; on a TLS connection the
+    closing handshake then outlives the call, and an event loop that ends
+    right after a stop finds the socket still open.
+    """
+    connection = pubsub.connection
+    if connection is not None:
+        with contextlib.suppress(RedisError, OSError):
+            await connection.disconnect()
+
+    await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped upstream

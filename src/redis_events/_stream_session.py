@@ -32,6 +32,9 @@ __all__ = ["StreamSession", "default_consumer_name", "group_info", "replay"]
 
 logger = logging.getLogger("redis_events.subscriber")
 
+# Seconds given to a TLS connection's closing handshake at a stop.
+_TLS_CLOSE_GRACE = 0.05
+
 
 def default_consumer_name() -> str:
     """Return ``<host>-<pid>-<random>``: unique per running instance."""
@@ -145,6 +148,13 @@ class StreamSession:
         """Close both clients."""
         await self.reader.aclose()
         await self.client.aclose()
+        if self._settings.scheme == "rediss":
+            # TODO(tls-close): redis-py closes a connection whose read was
+            # cancelled (the blocking XREADGROUP at a stop) without waiting,
+            # and TLS's closing handshake needs one more round trip. A short
+            # pause lets it finish before an event loop that ends right after
+            # the stop; nothing waits for it to have finished.
+            await anyio.sleep(_TLS_CLOSE_GRACE)
 
     def _key(self, delivery: Delivery) -> Hashable | None:
         order = self._router.ordering(delivery.topic)
