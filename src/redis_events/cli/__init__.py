@@ -23,3 +23,11 @@ def main() -> None:
     Connection settings come from --redis-url on each command or from the
     environment (REDIS_URL, REDIS_EVENTS_*), as for the library itself.
     """
+
+
+# Imported after ``main`` exists: the command modules only define commands.
+from redis_events.cli._events import publish  # noqa: E402
+from redis_events.cli._tail import tail  # noqa: E402
+
+main.add_command(publish)
+main.add_command(tail)
