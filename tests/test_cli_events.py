@@ -357,3 +357,146 @@ def test_tail_refuses_a_pattern_on_streams_with_exit_2() -> None:
 
     assert result.exit_code == 2
     assert "patterns work on pub/sub only" in result.output
+
+
+# -- replay ----------------------------------------------------------------
+
+
+def add_history(r: redis.Redis, topic: str) -> None:
+    """Entries 1000-0 .. 5000-0 (1 s to 5 s after the epoch), and one bad one."""
+    for n in range(1, 6):
+        event = {"event_type": "tick", "event_id": f"e{n}", "n": n, "key_value": SECRET}
+        r.xadd(stream_of(topic), {"data": json.dumps(event)}, id=f"{n}000-0")
+        if n == 3:
+            r.xadd(stream_of(topic), {"data": "{not json"}, id="3000-1")
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize(
+    ("start", "end"),
+    [("2000-0", "4000-0"), ("1970-01-01T00:00:02Z", "1970-01-01T00:00:04+00:00")],
+    ids=["entry-ids", "times"],
+)
+def test_replay_prints_the_range_oldest_first_and_reports_bad_entries(
+    redis_url: str, r: redis.Redis, uid: str, start: str, end: str
+) -> None:
+    topic = f"cli-{uid}"
+    add_history(r, topic)
+
+    result = invoke(
+        "replay",
+        topic,
+        "--from",
+        start,
+        "--to",
+        end,
+        "--json",
+        "--redis-url",
+        redis_url,
+    )
+
+    assert result.exit_code == 0, result.output
+    events = [json.loads(line)["event"] for line in result.stdout.splitlines()]
+    assert [e["n"] for e in events] == [2, 3, 4]
+    assert {e["key_value"] for e in events} == {"**********"}
+    assert "warning: Replay skipped entry 3000-1: Invalid JSON" in result.stderr
+    assert "Replayed 3 events" in result.stderr
+    assert SECRET not in result.output
+    assert r.xinfo_groups(stream_of(topic)) == []
+
+
+@pytest.mark.redis
+def test_replay_republishes_into_another_stream_keeping_secrets_and_ids(
+    redis_url: str, r: redis.Redis, uid: str
+) -> None:
+    topic, copy = f"cli-{uid}", f"cli-{uid}-copy"
+    add_history(r, topic)
+
+    result = invoke(
+        "replay", topic, "--from", "all", "--republish", "--into", copy,
+        "--transport", "stream", "--redis-url", redis_url,
+    )  # fmt: skip
+
+    assert result.exit_code == 0, result.output
+    copies = [json.loads(f["data"]) for _, f in entries(r, copy)]
+    assert [c["n"] for c in copies] == [1, 2, 3, 4, 5]
+    assert [c["event_id"] for c in copies] == ["e1", "e2", "e3", "e4", "e5"]
+    assert {c["key_value"] for c in copies} == {SECRET}
+    assert SECRET not in result.output
+    assert "Re-published 5 events" in result.stderr
+
+
+@pytest.mark.redis
+def test_replay_republishing_into_its_own_stream_stops_at_the_newest_entry(
+    redis_url: str, r: redis.Redis, uid: str
+) -> None:
+    topic = f"cli-{uid}"
+    add_history(r, topic)
+
+    result = invoke(
+        "replay", topic, "--from", "all", "--republish", "--transport", "stream",
+        "--redis-url", redis_url,
+    )  # fmt: skip
+
+    assert result.exit_code == 0, result.output
+    assert r.xlen(stream_of(topic)) == 6 + 5
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--from", "new"), "new has no history"),
+        (("--from", "yesterday"), "--from must be"),
+        (("--from", "all", "--to", "soon"), "--to must be"),
+        (("--from", "all", "--into", "x"), "--into only works with --republish"),
+    ],
+    ids=["new", "bad-from", "bad-to", "into-alone"],
+)
+def test_replay_refuses_unusable_positions_with_exit_2(
+    args: tuple[str, ...], message: str
+) -> None:
+    port = free_port()
+
+    result = invoke("replay", "t", *args, "--redis-url", f"redis://127.0.0.1:{port}")
+
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+# -- processor -------------------------------------------------------------
+
+
+def test_processor_help_is_the_processors_own() -> None:
+    done = subprocess.run(
+        [str(CLI), "processor", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert done.returncode == 0, done.stderr
+    for flag in ("--topic", "--concurrency", "--replay-from", "--stats-interval"):
+        assert flag in done.stdout
+
+
+def test_processor_passes_its_exit_code_through() -> None:
+    port = free_port()
+
+    result = invoke("processor", "--redis-url", f"redis://127.0.0.1:{port}/0")
+
+    assert result.exit_code == 2
+    assert f"redis://127.0.0.1:{port}/0" in result.output
+
+
+def test_every_command_explains_itself_in_its_help() -> None:
+    listing = invoke("--help")
+
+    assert listing.exit_code == 0
+    for command in ("publish", "tail", "replay", "processor"):
+        assert command in listing.output
+        if command != "processor":
+            help_text = invoke(command, "--help")
+            assert help_text.exit_code == 0
+            assert "Example" in help_text.output
+            assert "--redis-url" in help_text.output

@@ -8,8 +8,10 @@ also exit 2).
 from __future__ import annotations
 
 import json
+import logging
 import sys
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar
 
 import anyio
@@ -34,6 +36,7 @@ __all__ = [
     "EXIT_USAGE",
     "build_settings",
     "fail",
+    "library_warnings",
     "plain",
     "redis_url_option",
     "run",
@@ -116,6 +119,38 @@ def run(function: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) 
         fail(f"{exc}; check that Redis runs there, or pass --redis-url", EXIT_REDIS)
     except RedisEventsError as exc:
         fail(str(exc), EXIT_REDIS)
+
+
+class _StderrHandler(logging.Handler):
+    """Write records to the current stderr as ``<command>: warning: ...``."""
+
+    def __init__(self, command: str) -> None:
+        super().__init__(logging.WARNING)
+        self._command = command
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            level = record.levelname.lower()
+            click.echo(f"{self._command}: {level}: {record.getMessage()}", err=True)
+        except Exception:  # A log handler must never raise.
+            self.handleError(record)
+
+
+@contextmanager
+def library_warnings() -> Iterator[None]:
+    """Show the library's warnings (skipped entries, retries) on stderr.
+
+    The handler is removed again at the end, so that running a command
+    in-process leaves logging as it was.
+    """
+    command = click.get_current_context(silent=True)
+    handler = _StderrHandler(command.command_path if command else "redis-events")
+    library = logging.getLogger("redis_events")
+    library.addHandler(handler)
+    try:
+        yield
+    finally:
+        library.removeHandler(handler)
 
 
 def plain(event: DecodedEvent) -> dict[str, Any]:

@@ -50,7 +50,7 @@ class EventPrinter:
             return
 
         header = Text()
-        header.append(_now(), style="dim")
+        header.append(_when(data), style="dim")
         header.append(f"  {topic}", style="bold cyan")
         header.append(f"  {data.get('event_type', '-')}", style="bold")
         if entry_id is not None:
@@ -80,7 +80,7 @@ class EventPrinter:
             return
 
         line = Text()
-        line.append(_now(), style="dim")
+        line.append(_when({}), style="dim")
         line.append(f"  {topic}", style="bold cyan")
         if entry_id is not None:
             line.append(f"  entry {entry_id}", style="dim")
@@ -113,5 +113,15 @@ def _where(topic: str, entry_id: str | None, pattern: str | None) -> dict[str, A
     return record
 
 
-def _now() -> str:
-    return datetime.now(UTC).strftime("%H:%M:%S")
+def _when(data: dict[str, Any]) -> str:
+    """Return the event's own time to the second, else the time now (UTC)."""
+    stamp = data.get("timestamp")
+    if isinstance(stamp, str):
+        try:
+            moment = datetime.fromisoformat(stamp)
+        except ValueError:
+            pass
+        else:
+            return moment.strftime("%Y-%m-%d %H:%M:%S")
+
+    return datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")

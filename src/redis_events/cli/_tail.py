@@ -23,6 +23,7 @@ from redis_events.cli._common import (
     EXIT_USAGE,
     build_settings,
     fail,
+    library_warnings,
     redis_url_option,
     run,
     transport_option,
@@ -103,7 +104,8 @@ def tail(
 
     tailer = _Tailer(settings, EventPrinter(json_lines=json_lines), count)
     try:
-        run(tailer.follow, channels, patterns)
+        with library_warnings():
+            run(tailer.follow, channels, patterns)
     except KeyboardInterrupt:
         # Ctrl-C before the signal handler was installed: still a clean stop.
         pass
