@@ -17,9 +17,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+import yaml
 from click.testing import CliRunner, Result
 
 from redis_events.cli import main
+from redis_events.events import (
+    Event,
+    KeyProcessed,
+    KeySubmitted,
+    ProfileCreated,
+    ProfileDeleted,
+    ProfileProcessed,
+    ProfileUpdated,
+)
 from tests.helpers import RawSubscriber, poll_until
 from tests.redis_server import free_port
 
@@ -500,3 +510,124 @@ def test_every_command_explains_itself_in_its_help() -> None:
             assert help_text.exit_code == 0
             assert "Example" in help_text.output
             assert "--redis-url" in help_text.output
+
+
+# -- asyncapi --------------------------------------------------------------
+
+TOPIC_MODELS: dict[str, list[type[Event]]] = {
+    "key_submission": [KeySubmitted],
+    "profile_events": [ProfileCreated, ProfileUpdated, ProfileDeleted],
+    "processing_results": [KeyProcessed, ProfileProcessed],
+}
+
+
+def resolve(document: dict[str, Any], ref: str) -> Any:
+    """Follow a local JSON pointer (``#/a/b``) in ``document``."""
+    assert ref.startswith("#/"), ref
+    node: Any = document
+    for part in ref[2:].split("/"):
+        key = part.replace("~1", "/").replace("~0", "~")
+        assert isinstance(node, dict), f"{ref}: {key!r} is not in a mapping"
+        assert key in node, f"{ref} does not resolve: no {key!r}"
+        node = node[key]
+
+    return node
+
+
+def refs_in(node: Any) -> Iterator[str]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "$ref":
+                yield value
+            else:
+                yield from refs_in(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from refs_in(item)
+
+
+def asyncapi_output(fmt: str, *extra: str) -> dict[str, Any]:
+    result = invoke("asyncapi", "--format", fmt, *extra)
+    assert result.exit_code == 0, result.output
+    loaded = (
+        json.loads(result.stdout) if fmt == "json" else yaml.safe_load(result.stdout)
+    )
+    assert isinstance(loaded, dict)
+    return loaded
+
+
+@pytest.mark.parametrize("fmt", ["json", "yaml"])
+def test_asyncapi_document_parses_and_every_reference_resolves(fmt: str) -> None:
+    document = asyncapi_output(fmt)
+
+    assert document["asyncapi"] == "3.0.0"
+    assert document["info"]["title"] == "redis-events"
+    refs = list(refs_in(document))
+    assert len(refs) > 50
+    for ref in refs:
+        resolve(document, ref)
+
+    for operation in document["operations"].values():
+        assert operation["action"] in {"send", "receive"}
+        channel_ref = operation["channel"]["$ref"]
+        for message in operation["messages"]:
+            # AsyncAPI 3.0: an operation's messages are its channel's.
+            assert message["$ref"].startswith(channel_ref + "/messages/")
+
+
+@pytest.mark.parametrize("fmt", ["json", "yaml"])
+def test_asyncapi_has_both_transports_and_every_model_of_every_topic(fmt: str) -> None:
+    document = asyncapi_output(fmt)
+    channels, schemas = document["channels"], document["components"]["schemas"]
+
+    assert len(channels) == 2 * len(TOPIC_MODELS)
+    assert len(document["operations"]) == 4 * len(TOPIC_MODELS)
+    for topic, models in TOPIC_MODELS.items():
+        pubsub, stream = channels[f"{topic}.pubsub"], channels[f"{topic}.stream"]
+        assert pubsub["address"] == topic
+        assert stream["x-redis-stream-key"] == f"redis-events:{{{topic}}}"
+        names = [model.__name__ for model in models]
+        assert list(pubsub["messages"]) == names
+        assert list(stream["messages"]) == names
+        for model in models:
+            own = model.model_json_schema()
+            assert set(schemas[model.__name__]["properties"]) == set(own["properties"])
+            assert schemas[model.__name__]["required"] == own["required"]
+
+    union = schemas["profile_events.payload"]
+    assert [item["$ref"] for item in union["oneOf"]] == [
+        "#/components/schemas/ProfileCreated",
+        "#/components/schemas/ProfileUpdated",
+        "#/components/schemas/ProfileDeleted",
+    ]
+    assert union["discriminator"] == "event_type"
+    # Nested models are schemas of their own, referenced by the results.
+    assert {"KeyResult", "ProfileResult"} <= set(schemas)
+
+
+def test_asyncapi_key_value_schema_holds_no_sample_and_the_url_no_password() -> None:
+    document = asyncapi_output(
+        "json", "--redis-url", "redis://:hunter2@db.example:6380/3"
+    )
+
+    key_value = document["components"]["schemas"]["KeySubmitted"]["properties"][
+        "key_value"
+    ]
+    assert key_value["format"] == "password"
+    assert key_value["writeOnly"] is True
+    assert not {"examples", "example", "default", "const", "enum"} & set(key_value)
+    assert document["servers"]["redis"]["host"] == "db.example:6380"
+    assert document["servers"]["redis"]["pathname"] == "/3"
+    assert "hunter2" not in json.dumps(document)
+
+
+def test_asyncapi_writes_yaml_to_a_yaml_file(tmp_path: Path) -> None:
+    path = tmp_path / "asyncapi.yaml"
+
+    result = invoke("asyncapi", "--output", str(path))
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout == ""
+    document = yaml.safe_load(path.read_text())
+    assert document["asyncapi"] == "3.0.0"
+    assert "&id" not in path.read_text()
