@@ -631,3 +631,84 @@ def test_asyncapi_writes_yaml_to_a_yaml_file(tmp_path: Path) -> None:
     document = yaml.safe_load(path.read_text())
     assert document["asyncapi"] == "3.0.0"
     assert "&id" not in path.read_text()
+
+
+@pytest.mark.parametrize("transport", ["pubsub", "stream"])
+def test_tail_with_redis_unreachable_exits_1_with_the_address(transport: str) -> None:
+    port = free_port()
+
+    result = invoke(
+        "tail",
+        "t",
+        "--transport",
+        transport,
+        "--redis-url",
+        f"redis://127.0.0.1:{port}",
+    )
+
+    assert result.exit_code == 1
+    assert f"Redis at redis://127.0.0.1:{port} is unavailable" in result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.redis
+def test_output_closed_by_its_reader_ends_the_command_quietly(
+    redis_url: str, r: redis.Redis, uid: str
+) -> None:
+    topic = f"cli-{uid}"
+    pipe = r.pipeline(transaction=False)
+    for n in range(3000):
+        pipe.xadd(
+            stream_of(topic), {"data": json.dumps({"event_type": "tick", "n": n})}
+        )
+    pipe.execute()
+
+    # Like `redis-events replay ... | head -1`: far more than a pipe holds.
+    process = subprocess.Popen(
+        [str(CLI), "replay", topic, "--from", "all", "--redis-url", redis_url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    first = process.stdout.readline()
+    process.stdout.close()
+    _, stderr = process.communicate(timeout=EXIT_TIMEOUT)
+
+    assert f"  {topic}  tick" in first.decode()
+    assert process.returncode == 0, stderr
+    assert b"Traceback" not in stderr
+    assert b"error" not in stderr
+
+
+@pytest.mark.redis
+def test_tail_into_a_pipe_closed_by_its_reader_stops_with_exit_0(
+    redis_url: str, r: redis.Redis, uid: str, tmp_path: Path
+) -> None:
+    topic = f"cli-{uid}"
+    stderr_path = tmp_path / "tail.err"
+    with stderr_path.open("wb") as err:
+        process = subprocess.Popen(
+            [str(CLI), "tail", topic, "--json", "--redis-url", redis_url],
+            stdout=subprocess.PIPE,
+            stderr=err,
+        )
+    try:
+        poll_until(lambda: "Following" in stderr_path.read_text(), timeout=15)
+        pipe = r.pipeline(transaction=False)
+        for n in range(3000):
+            pipe.publish(topic, json.dumps({"event_type": "tick", "n": n}))
+        pipe.execute()
+        assert process.stdout is not None
+        first = json.loads(process.stdout.readline())
+        process.stdout.close()
+        code = process.wait(timeout=EXIT_TIMEOUT)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+
+    stderr = stderr_path.read_text()
+    assert first["event"]["n"] == 0
+    assert code == 0, stderr
+    assert "(the output was closed)" in stderr
+    assert "Traceback" not in stderr

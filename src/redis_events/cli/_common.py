@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -34,7 +35,9 @@ if TYPE_CHECKING:
 __all__ = [
     "EXIT_REDIS",
     "EXIT_USAGE",
+    "OutputClosedError",
     "build_settings",
+    "events",
     "fail",
     "library_warnings",
     "plain",
@@ -53,6 +56,29 @@ SECRET_FIELDS = frozenset({"key_value"})
 P = ParamSpec("P")
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class OutputClosedError(Exception):
+    """Whoever read standard output went away (a pipe into ``head``, say).
+
+    Not an ``OSError``: the library would take that for a lost connection.
+    """
+
+
+def closed_output() -> OutputClosedError:
+    """Point stdout at the null device and return the error to raise.
+
+    Python flushes stdout once more at exit; into a closed pipe that flush
+    would print a traceback of its own.
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        # Not a real file (click's test runner): nothing is flushed at exit.
+        pass
+
+    return OutputClosedError("standard output was closed")
 
 
 def redis_url_option(function: F) -> F:
@@ -113,6 +139,9 @@ def run(function: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) 
 
     try:
         return anyio.run(call)
+    except OutputClosedError:
+        # The reader has all it wanted: a normal end, as for `yes | head`.
+        sys.exit(0)
     except (EventError, ConfigurationError) as exc:
         fail(str(exc), EXIT_USAGE)
     except RedisUnavailableError as exc:
@@ -151,6 +180,11 @@ def library_warnings() -> Iterator[None]:
         yield
     finally:
         library.removeHandler(handler)
+
+
+def events(count: int) -> str:
+    """Return "1 event" or "N events"."""
+    return f"{count} event" if count == 1 else f"{count} events"
 
 
 def plain(event: DecodedEvent) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from redis_events._stream_session import replay as replay_history
 from redis_events.cli._common import (
     EXIT_USAGE,
     build_settings,
+    events,
     fail,
     library_warnings,
     redis_url_option,
@@ -220,10 +221,10 @@ def replay(
     with library_warnings():
         count = run(_replay, settings, registry, topic, start, end, printer, target)
     if target is None:
-        click.echo(f"Replayed {count} events of {topic}.", err=True)
+        click.echo(f"Replayed {events(count)} of {topic}.", err=True)
     else:
         click.echo(
-            f"Re-published {count} events of {topic} to {target} "
+            f"Re-published {events(count)} of {topic} to {target} "
             f"({settings.transport}).",
             err=True,
         )

@@ -7,6 +7,7 @@ that cannot be decoded is printed with its reason, never with its bytes.
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -15,9 +16,11 @@ from rich.console import Console
 from rich.json import JSON
 from rich.text import Text
 
-from redis_events.cli._common import plain
+from redis_events.cli._common import closed_output, plain
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from redis_events.codec import DecodedEvent
 
 __all__ = ["EventPrinter"]
@@ -31,7 +34,7 @@ class EventPrinter:
         self.printed = 0
         # Markup and highlighting off: topic names and event fields are data,
         # and a "[" in them must not be read as a style.
-        self._console = Console(highlight=False, markup=False, soft_wrap=True)
+        self._console = _Console(highlight=False, markup=False, soft_wrap=True)
 
     def event(
         self,
@@ -62,9 +65,10 @@ class EventPrinter:
         if note is not None:
             header.append(f"  {note}", style="green")
 
-        self._console.print(header)
-        self._console.print(JSON.from_data(data, indent=2, default=str))
-        self._done()
+        with _writing():
+            self._console.print(header)
+            self._console.print(JSON.from_data(data, indent=2, default=str))
+            self._done()
 
     def undecodable(
         self,
@@ -86,20 +90,38 @@ class EventPrinter:
             line.append(f"  entry {entry_id}", style="dim")
 
         line.append(f"  undecodable: {reason}", style="bold red")
-        self._console.print(line)
-        self._done()
+        with _writing():
+            self._console.print(line)
+            self._done()
 
     def _line(self, record: dict[str, Any], note: str | None) -> None:
         if note is not None:
             record["note"] = note
 
-        click.echo(json.dumps(record, default=str, ensure_ascii=False))
-        self._done()
+        with _writing():
+            click.echo(json.dumps(record, default=str, ensure_ascii=False))
+            self._done()
 
     def _done(self) -> None:
         self.printed += 1
         # A pipe is block-buffered: flush so that each event leaves at once.
         self._console.file.flush()
+
+
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        # rich exits with code 1 here; a closed pipe is a normal end for us
+        # (see OutputClosedError), and it must end the command's own way.
+        self.quiet = True
+        raise closed_output()
+
+
+@contextmanager
+def _writing() -> Iterator[None]:
+    try:
+        yield
+    except BrokenPipeError:
+        raise closed_output() from None
 
 
 def _where(topic: str, entry_id: str | None, pattern: str | None) -> dict[str, Any]:

@@ -21,7 +21,9 @@ from redis_events._pubsub import PubSubReader
 from redis_events._streams import _streams as stream_entries
 from redis_events.cli._common import (
     EXIT_USAGE,
+    OutputClosedError,
     build_settings,
+    events,
     fail,
     library_warnings,
     redis_url_option,
@@ -34,6 +36,8 @@ from redis_events.dispatcher import Stats
 from redis_events.exceptions import ConfigurationError, EventDecodeError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from anyio.abc import TaskStatus
 
     from redis_events._pubsub import Frame
@@ -110,7 +114,8 @@ def tail(
         # Ctrl-C before the signal handler was installed: still a clean stop.
         pass
 
-    click.echo(f"Stopped after {tailer.printer.printed} events.", err=True)
+    closed = " (the output was closed)" if tailer.output_closed else ""
+    click.echo(f"Stopped after {events(tailer.printer.printed)}{closed}.", err=True)
 
 
 class _Tailer:
@@ -121,20 +126,30 @@ class _Tailer:
         self.printer = printer
         self.registry = EventRegistry(max_event_bytes=settings.max_event_bytes)
         self._count = count
+        self.output_closed = False
         self._scope: anyio.CancelScope | None = None
 
     async def follow(self, channels: list[str], patterns: list[str]) -> None:
         """Print events until --count is reached, SIGINT or SIGTERM."""
         self._scope = anyio.CancelScope()
+        error: Exception | None = None
         async with anyio.create_task_group() as task_group:
             await task_group.start(self._stop_on_signal)
-            with self._scope:
-                if self.settings.transport == "stream":
-                    await self._follow_streams(channels)
-                else:
-                    await self._follow_pubsub(channels, patterns)
+            try:
+                with self._scope:
+                    if self.settings.transport == "stream":
+                        await self._follow_streams(channels)
+                    else:
+                        await self._follow_pubsub(channels, patterns)
+            except Exception as exc:
+                # Raised after the task group, so that it is not wrapped in
+                # an exception group.
+                error = exc
+            finally:
+                task_group.cancel_scope.cancel()
 
-            task_group.cancel_scope.cancel()
+        if error is not None:
+            raise error
 
     async def _stop_on_signal(self, *, task_status: TaskStatus[None]) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -175,14 +190,34 @@ class _Tailer:
 
             event = self.registry.decode(topic, data)
         except EventDecodeError as exc:
-            self.printer.undecodable(
-                topic, exc.reason, entry_id=entry_id, pattern=pattern
+            shown = self._print(
+                self.printer.undecodable, topic, exc.reason, entry_id, pattern
             )
         else:
-            self.printer.event(topic, event, entry_id=entry_id, pattern=pattern)
+            shown = self._print(self.printer.event, topic, event, entry_id, pattern)
 
-        if self._count is not None and self.printer.printed >= self._count:
+        enough = self._count is not None and self.printer.printed >= self._count
+        if enough or not shown:
             self._stop()
+
+    def _print(
+        self,
+        write: Callable[..., None],
+        topic: str,
+        what: Any,
+        entry_id: str | None,
+        pattern: str | None,
+    ) -> bool:
+        """Print one entry; tell whether stdout is still open."""
+        try:
+            write(topic, what, entry_id=entry_id, pattern=pattern)
+        except OutputClosedError:
+            # Not raised: the pub/sub reader would wrap it in an exception
+            # group. The reader of the output has all it wanted.
+            self.output_closed = True
+            return False
+
+        return True
 
     async def _follow_pubsub(self, channels: list[str], patterns: list[str]) -> None:
         client = create_client(self.settings, role="tail")
