@@ -77,6 +77,9 @@ def test_publish_on_pubsub_sends_the_validated_event_and_redacts_the_output(
         result = invoke(
             "publish", "key_submission", KEY_EVENT, "--redis-url", redis_url
         )
+        as_json = invoke(
+            "publish", "key_submission", KEY_EVENT, "--json", "--redis-url", redis_url
+        )
         raw.flush()
         messages = raw.messages
 
@@ -84,7 +87,11 @@ def test_publish_on_pubsub_sends_the_validated_event_and_redacts_the_output(
     assert "received by 1 subscribers" in result.output
     assert SECRET not in result.output
     assert "**********" in result.output
-    assert len(messages) == 1
+    printed = json.loads(as_json.output)
+    assert printed["receivers"] == 1
+    assert printed["event"]["key_value"] == "**********"
+    assert SECRET not in as_json.output
+    assert len(messages) == 2
     sent = json.loads(messages[0][1])
     # Subscribers need the key itself: only the output is redacted.
     assert sent["key_value"] == SECRET
@@ -117,6 +124,7 @@ def test_publish_on_stream_appends_one_entry_and_prints_its_id(
     assert len(stored_entries) == 1
     entry_id, fields = stored_entries[0]
     assert printed["entry_id"] == entry_id
+    assert printed["transport"] == "stream"
     stored = json.loads(fields["data"])
     assert stored["order"] == 12
     assert stored["event_id"] == printed["event"]["event_id"]

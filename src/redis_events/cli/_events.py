@@ -88,9 +88,20 @@ def publish(
         result = run(_publish, settings, registry, topic, published)
     printer = EventPrinter(json_lines=json_lines)
     if settings.transport == "stream":
-        printer.event(topic, published, entry_id=str(result), note=f"stream {where}")
+        printer.event(
+            topic,
+            published,
+            entry_id=str(result),
+            note=f"stream {where}",
+            fields={"transport": "stream", "stream": where},
+        )
     else:
-        printer.event(topic, published, note=f"received by {result} subscribers")
+        printer.event(
+            topic,
+            published,
+            note=f"received by {result} subscribers",
+            fields={"transport": "pubsub", "receivers": result},
+        )
 
 
 async def _publish(
@@ -267,8 +278,17 @@ async def _replay(
 
     async def republish(name: str, event: Any) -> None:
         result = await publisher.publish(target, event)
-        done = f"entry {result}" if settings.transport == "stream" else "sent"
-        printer.event(target, event, note=f"re-published from {name}: {done}")
+        if settings.transport == "stream":
+            done, fields = f"entry {result}", {"entry_id": result}
+        else:
+            done, fields = f"received by {result}", {"receivers": result}
+
+        printer.event(
+            target,
+            event,
+            note=f"re-published from {name}: {done}",
+            fields={"republished_from": name, "transport": settings.transport} | fields,
+        )
 
     try:
         return await replay_history(
@@ -299,6 +319,7 @@ async def _newest_entry(settings: Settings, topic: str) -> str | None:
 @click.command(
     context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
     add_help_option=False,
+    short_help="Run the event processor service (see processor --help).",
 )
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def processor(args: tuple[str, ...]) -> None:

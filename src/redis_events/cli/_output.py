@@ -19,7 +19,7 @@ from rich.text import Text
 from redis_events.cli._common import closed_output, plain
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Mapping
 
     from redis_events.codec import DecodedEvent
 
@@ -44,12 +44,16 @@ class EventPrinter:
         entry_id: str | None = None,
         pattern: str | None = None,
         note: str | None = None,
+        fields: Mapping[str, Any] | None = None,
     ) -> None:
-        """Print one decoded event, secrets redacted."""
+        """Print one decoded event, secrets redacted.
+
+        ``note`` is shown to a person; ``fields`` go into the JSON object.
+        """
         data = plain(event)
         if self.json_lines:
-            record = _where(topic, entry_id, pattern) | {"event": data}
-            self._line(record, note)
+            record = _where(topic, entry_id, pattern) | dict(fields or {})
+            self._line(record | {"event": data})
             return
 
         header = Text()
@@ -80,7 +84,7 @@ class EventPrinter:
     ) -> None:
         """Print an entry that is not a valid event, with the reason only."""
         if self.json_lines:
-            self._line(_where(topic, entry_id, pattern) | {"error": reason}, None)
+            self._line(_where(topic, entry_id, pattern) | {"error": reason})
             return
 
         line = Text()
@@ -94,10 +98,7 @@ class EventPrinter:
             self._console.print(line)
             self._done()
 
-    def _line(self, record: dict[str, Any], note: str | None) -> None:
-        if note is not None:
-            record["note"] = note
-
+    def _line(self, record: dict[str, Any]) -> None:
         with _writing():
             click.echo(json.dumps(record, default=str, ensure_ascii=False))
             self._done()
