@@ -86,6 +86,7 @@ def publish(
     published = registry.decode(topic, data)
     with library_warnings():
         result = run(_publish, settings, registry, topic, published)
+
     printer = EventPrinter(json_lines=json_lines)
     if settings.transport == "stream":
         printer.event(
@@ -231,6 +232,7 @@ def replay(
     printer = EventPrinter(json_lines=json_lines)
     with library_warnings():
         count = run(_replay, settings, registry, topic, start, end, printer, target)
+
     if target is None:
         click.echo(f"Replayed {events(count)} of {topic}.", err=True)
     else:

@@ -121,7 +121,9 @@ def tail(
 class _Tailer:
     """Reads one transport and prints what arrives until told to stop."""
 
-    def __init__(self, settings: Settings, printer: EventPrinter, count: int | None):
+    def __init__(
+        self, settings: Settings, printer: EventPrinter, count: int | None
+    ) -> None:
         self.settings = settings
         self.printer = printer
         self.registry = EventRegistry(max_event_bytes=settings.max_event_bytes)
