@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any, TypeAlias
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic.json_schema import DEFAULT_REF_TEMPLATE
 from pydantic_core import PydanticSerializationError, to_json
 
 from redis_events import _constants as c
@@ -112,6 +113,22 @@ class EventRegistry:
     def topics(self) -> list[str]:
         """Return the topics that have a model, sorted."""
         return sorted(self._adapters)
+
+    def json_schema(
+        self, topic: str, *, ref_template: str = DEFAULT_REF_TEMPLATE
+    ) -> dict[str, Any]:
+        """Return the JSON Schema of the events ``topic`` accepts.
+
+        A union of models (``profile_events``) is a ``oneOf`` of references;
+        referenced models are under ``$defs``, written with ``ref_template``.
+
+        Raises:
+            KeyError: ``topic`` has no model.
+        """
+        schema: dict[str, Any] = self._adapters[topic].json_schema(
+            ref_template=ref_template
+        )
+        return schema
 
     def copy(self) -> EventRegistry:
         """Return an independent registry with the same models and limit."""

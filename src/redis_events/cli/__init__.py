@@ -23,3 +23,15 @@ def main() -> None:
     Connection settings come from --redis-url on each command or from the
     environment (REDIS_URL, REDIS_EVENTS_*), as for the library itself.
     """
+
+
+# Imported after ``main`` exists: the command modules only define commands.
+from redis_events.cli._asyncapi import asyncapi  # noqa: E402
+from redis_events.cli._events import processor, publish, replay  # noqa: E402
+from redis_events.cli._tail import tail  # noqa: E402
+
+main.add_command(asyncapi)
+main.add_command(processor)
+main.add_command(publish)
+main.add_command(replay)
+main.add_command(tail)
