@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import socket
+import subprocess
 import urllib.error
 import urllib.request
 from typing import TYPE_CHECKING, Any
@@ -19,10 +21,13 @@ from redis_events._keys import dead_letter_key, stream_key
 from redis_events.dispatcher import Delivery, Outcome
 from redis_events.metrics import OTHER_TOPICS, Metrics
 from redis_events.processor._cli import ProcessorSettings, build_parser
-from tests.helpers import wait_until
+from tests.helpers import poll_until, wait_until
+from tests.redis_server import free_port
+from tests.test_cli import PROCESSOR, clean_environment
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
+    from pathlib import Path
 
     import redis
 
@@ -363,3 +368,89 @@ def test_metrics_port_and_host_come_from_flags_or_the_environment(
 
     monkeypatch.delenv("REDIS_EVENTS_METRICS_PORT")
     assert ProcessorSettings().metrics_port == 0
+
+
+ORIGINAL_KEY_EVENT = (
+    '{"event_type": "key_submitted", "key_value": "abc123", '
+    '"token_name": "Token1", "timestamp": "2024-01-01T10:00:00"}'
+)
+
+
+def healthy(port: int, process: subprocess.Popen[bytes]) -> bool:
+    """Tell whether the processor answers /healthz with 200 yet."""
+    assert process.poll() is None, "the processor exited early"
+    try:
+        return fetch(port, "/healthz")[0] == 200
+    except urllib.error.URLError:
+        return False
+
+
+@pytest.mark.fault
+def test_processor_serves_metrics_with_its_group_lag_and_closes_them_at_sigterm(
+    own_redis_server: RedisServer, tmp_path: Path
+) -> None:
+    port = free_port()
+    env = clean_environment(
+        REDIS_EVENTS_METRICS_PORT=str(port), REDIS_EVENTS_START_FROM="all"
+    )
+    log = tmp_path / "processor.log"
+    client = own_redis_server.client()
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [
+                *PROCESSOR,
+                "--redis-url",
+                own_redis_server.url,
+                "--transport",
+                "stream",
+                "--stats-interval",
+                "0",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=output,
+            env=env,
+        )
+    try:
+        poll_until(lambda: healthy(port, process), timeout=30)
+        client.xadd(stream_key("key_submission"), {"data": ORIGINAL_KEY_EVENT})
+        handled = [
+            f'redis_events_events_handled_total{{topic="{topic}"}} 1.0'
+            for topic in ("key_submission", "processing_results")
+        ]
+        poll_until(
+            lambda: all(line in fetch(port, "/metrics")[1] for line in handled),
+            timeout=30,
+        )
+        # The group state is read at most once a second: poll for it too.
+        drained = (
+            'redis_events_group_lag{group="redis-events",topic="key_submission"} 0.0'
+        )
+        poll_until(lambda: drained in fetch(port, "/metrics")[1], timeout=30)
+        status, text = fetch(port, "/metrics")
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+
+        client.close()
+
+    output_text = log.read_text(errors="replace")
+    assert code == 0, output_text
+    assert status == 200
+    labels = {"topic": "key_submission", "group": "redis-events"}
+    assert value(text, "redis_events_group_lag", **labels) == 0
+    assert (
+        value(text, "redis_events_events_received_total", topic="key_submission") == 1
+    )
+    # The processor's own result went to processing_results and came back.
+    assert (
+        value(text, "redis_events_events_handled_total", topic="processing_results")
+        == 1
+    )
+    assert "abc123" not in text
+    assert "abc123" not in output_text
+    with pytest.raises(urllib.error.URLError):
+        fetch(port, "/healthz")

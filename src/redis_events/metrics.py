@@ -100,7 +100,7 @@ class Metrics(EventObserver):
         buckets: Sequence[float] = DEFAULT_BUCKETS,
         max_topics: int = 500,
         redis_timeout: float = 1.0,
-        refresh_interval: float = 5.0,
+        refresh_interval: float = 1.0,
         stale_after: float = 15.0,
     ) -> None:
         """Set up counters and a registry of their own.
