@@ -26,13 +26,14 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-)
+from prometheus_client.core import GaugeMetricFamily
 
-from redis_events._group_state import GroupState, read_group_state, redis_answers
+from redis_events._group_state import read_group_state, redis_answers
+from redis_events._metrics_families import (
+    group_metrics,
+    subscriber_metrics,
+    topic_metrics,
+)
 from redis_events.dispatcher import Outcome
 from redis_events.observers import EventObserver
 
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
     from redis.asyncio import Redis
 
+    from redis_events._group_state import GroupState
     from redis_events.dispatcher import Delivery
     from redis_events.subscriber import EventSubscriber
 
@@ -267,7 +269,7 @@ class Metrics(EventObserver):
         if self._disconnected_since is None:
             self._disconnected_since = now
 
-        return False if now - self._disconnected_since >= self.stale_after else True
+        return now - self._disconnected_since < self.stale_after
 
     def render(self) -> bytes:
         """Return the metrics in Prometheus's text format."""
@@ -321,9 +323,9 @@ class Metrics(EventObserver):
         return self._client
 
     def _collect(self) -> Iterator[Metric]:
-        yield from _topic_metrics(self._topics, self._bounds)
+        yield from topic_metrics(self._topics, self._bounds)
         if self._subscriber is not None:
-            yield from _subscriber_metrics(self._subscriber.get_stats())
+            yield from subscriber_metrics(self._subscriber.get_stats())
 
         up = GaugeMetricFamily(
             "redis_events_redis_up",
@@ -334,7 +336,7 @@ class Metrics(EventObserver):
             yield up
 
         if self._groups is not None and self._subscriber is not None:
-            yield from _group_metrics(self._groups)
+            yield from group_metrics(self._groups)
 
 
 class _Collector:
@@ -345,108 +347,3 @@ class _Collector:
 
     def collect(self) -> Iterator[Metric]:
         return self._metrics._collect()
-
-
-_COUNTERS = (
-    ("events_received", "Events that arrived, per topic.", "received"),
-    ("events_handled", "Handler calls that succeeded, per topic.", "handled"),
-    ("events_dead_lettered", "Entries moved to the dead letters.", "dead_lettered"),
-    ("decode_errors", "Events that could not be decoded, per topic.", "rejected"),
-    ("events_cancelled", "Handler calls cut or never started at a stop.", "cancelled"),
-)
-
-
-def _topic_metrics(topics: dict[str, _Topic], bounds: list[float]) -> Iterator[Metric]:
-    for name, documentation, attribute in _COUNTERS:
-        family = CounterMetricFamily(
-            f"redis_events_{name}", documentation, labels=["topic"]
-        )
-        for topic, counters in topics.items():
-            family.add_metric([topic], getattr(counters, attribute))
-
-        yield family
-
-    failed = CounterMetricFamily(
-        "redis_events_events_failed",
-        "Handler calls that raised (reason=error) or timed out (reason=timeout).",
-        labels=["topic", "reason"],
-    )
-    in_flight = GaugeMetricFamily(
-        "redis_events_in_flight", "Handler calls running now.", labels=["topic"]
-    )
-    duration = HistogramMetricFamily(
-        "redis_events_handler_duration_seconds",
-        "Time handler calls took, per topic (not counting cancelled calls).",
-        labels=["topic"],
-    )
-    for topic, counters in topics.items():
-        failed.add_metric([topic, "error"], counters.failed)
-        failed.add_metric([topic, "timeout"], counters.timed_out)
-        in_flight.add_metric([topic], counters.in_flight)
-        cumulative, total = [], 0
-        for bound, count in zip([*bounds, float("inf")], counters.buckets, strict=True):
-            total += count
-            cumulative.append((_bound(bound), total))
-
-        duration.add_metric([topic], cumulative, sum_value=counters.duration)
-
-    yield from (failed, in_flight, duration)
-
-
-_STATS = (
-    ("reconnects", "Connections to Redis restored after a loss."),
-    ("reconnect_attempts", "Attempts to reach Redis again after a loss."),
-    ("retries", "Stream entries scheduled for another delivery after a failure."),
-    ("reclaimed", "Stream entries claimed from consumers that went idle."),
-    ("acked", "Stream entries acknowledged."),
-)
-
-
-def _subscriber_metrics(stats: dict[str, int]) -> Iterator[Metric]:
-    for name, documentation in _STATS:
-        if name in stats:
-            yield CounterMetricFamily(
-                f"redis_events_{name}", documentation, value=stats[name]
-            )
-
-
-def _group_metrics(groups: list[GroupState]) -> Iterator[Metric]:
-    labels = ["topic", "group"]
-    lag = GaugeMetricFamily(
-        "redis_events_group_lag",
-        "Entries in the stream not yet delivered to the consumer group.",
-        labels=labels,
-    )
-    pending = GaugeMetricFamily(
-        "redis_events_group_pending",
-        "Entries delivered to the group but not acknowledged yet.",
-        labels=labels,
-    )
-    oldest = GaugeMetricFamily(
-        "redis_events_group_oldest_pending_age_seconds",
-        "Age (from its entry id) of the oldest unacknowledged entry; 0 if none.",
-        labels=labels,
-    )
-    consumers = GaugeMetricFamily(
-        "redis_events_group_consumers", "Consumers in the group.", labels=labels
-    )
-    dead = GaugeMetricFamily(
-        "redis_events_dead_letters",
-        "Entries in the topic's dead-letter stream.",
-        labels=["topic"],
-    )
-    for state in groups:
-        key = [state.topic, state.group]
-        if state.lag is not None:
-            lag.add_metric(key, state.lag)
-
-        pending.add_metric(key, state.pending)
-        oldest.add_metric(key, state.oldest_pending_age)
-        consumers.add_metric(key, state.consumers)
-        dead.add_metric([state.topic], state.dead_letters)
-
-    yield from (lag, pending, oldest, consumers, dead)
-
-
-def _bound(value: float) -> str:
-    return "+Inf" if value == float("inf") else repr(value)
