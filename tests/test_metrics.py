@@ -247,12 +247,14 @@ async def test_healthz_is_200_while_running_and_503_once_redis_is_gone(
         socket_timeout=1,
         socket_connect_timeout=1,
     )
-    metrics = Metrics(refresh_interval=0, redis_timeout=0.5)
+    metrics = Metrics(refresh_interval=0, redis_timeout=0.5, stale_after=0)
     metrics.attach(subscriber)
     async with serving(subscriber, metrics) as port:
         up_status, up_body = await scrape(port, "/healthz")
         _, up_metrics = await scrape(port)
         own_redis_server.stop()
+        # The consume loop notices too: what /healthz reads as "consuming".
+        await wait_until(lambda: not subscriber.connected)
         down_status, down_body = await scrape(port, "/healthz")
         metrics_status, down_metrics = await scrape(port)
 
@@ -265,11 +267,31 @@ async def test_healthz_is_200_while_running_and_503_once_redis_is_gone(
     assert down_status == 503
     down = json.loads(down_body)
     assert down["redis"] == "down"
+    assert down["consuming"] is False
     assert "PING" in down["reason"]
     # Scraping never fails because Redis does; it says Redis is down.
     assert metrics_status == 200
     assert value(down_metrics, "redis_events_redis_up") == 0
     assert value(down_metrics, "redis_events_group_lag", topic=topic) is None
+
+
+@pytest.mark.fault
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_reconnects_are_counted_after_a_redis_restart(
+    own_redis_server: RedisServer, uid: str, transport: str
+) -> None:
+    subscriber, _ = make_subscriber(own_redis_server.url, transport, f"re-{uid}", uid)
+    metrics = Metrics()
+    metrics.attach(subscriber)
+    async with serving(subscriber, metrics) as port:
+        own_redis_server.restart()
+        await wait_until(lambda: subscriber.get_stats()["reconnects"] == 1, timeout=30)
+        _, text = await scrape(port)
+
+    assert value(text, "redis_events_reconnects_total") == 1
+    attempts = value(text, "redis_events_reconnect_attempts_total")
+    assert attempts is not None
+    assert attempts >= 1
 
 
 async def test_healthz_is_503_when_the_subscriber_is_not_running(
