@@ -25,7 +25,7 @@ _COUNTERS = (
     ("events_handled", "Handler calls that succeeded, per topic.", "handled"),
     ("events_dead_lettered", "Entries moved to the dead letters.", "dead_lettered"),
     ("decode_errors", "Events that could not be decoded, per topic.", "rejected"),
-    ("events_cancelled", "Handler calls cut or never started at a stop.", "cancelled"),
+    ("events_cancelled", "Handler calls cut short at a stop.", "cancelled"),
 )
 
 
