@@ -6,6 +6,7 @@ import logging
 from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any
 
+from redis_events._envelope import split_json
 from redis_events.codec import DecodedEvent, EventRegistry, validate_topic
 from redis_events.dispatcher import Delivery, Dispatcher, Handler, Stats
 from redis_events.exceptions import ConfigurationError, EventDecodeError
@@ -31,7 +32,15 @@ class _Group:
     PUBLISH until a subscription repeats, which starts the next one.
     """
 
-    __slots__ = ("called", "channel", "data", "decoded", "generation", "subscriptions")
+    __slots__ = (
+        "called",
+        "channel",
+        "data",
+        "decoded",
+        "generation",
+        "subscriptions",
+        "trace",
+    )
 
     def __init__(self, frame: Frame | None = None) -> None:
         self.channel = frame.channel if frame else None
@@ -42,6 +51,7 @@ class _Group:
         # method object on every access, but equal ones compare equal.
         self.called: list[Handler] = []
         self.decoded: DecodedEvent | EventDecodeError | None = None
+        self.trace: dict[str, str] | None = None
 
     def takes(self, frame: Frame) -> bool:
         return (
@@ -119,7 +129,8 @@ class Router:
     ) -> None:
         """Submit ``frame`` to every handler that has not seen its publish."""
         group = self._group
-        if not group.takes(frame):
+        new = not group.takes(frame)
+        if new:
             group = self._group = _Group(frame)
             self._stats.events_received += 1
 
@@ -127,6 +138,9 @@ class Router:
         topic = self._topic(frame, group)
         if topic is None:
             return
+
+        if new and self._stats.observer is not None:
+            self._stats.observer.received(topic)
 
         if frame.pattern is None:
             handlers = self.channels.get(topic, ())
@@ -148,6 +162,7 @@ class Router:
             topic=topic,
             event=event,
             pattern=frame.pattern.decode() if frame.pattern is not None else None,
+            trace_context=group.trace,
         )
         order = self._ordering.get(topic)
         for handler in todo:
@@ -170,6 +185,9 @@ class Router:
             if group.decoded is None:
                 group.decoded = EventDecodeError("channel name is not a valid topic")
                 self._stats.invalid_events += 1
+                if self._stats.observer is not None:
+                    self._stats.observer.rejected(None)
+
                 logger.warning(
                     "Rejected an event on channel %r: not a valid topic name",
                     frame.channel[:_MAX_LOGGED_NAME],
@@ -181,11 +199,17 @@ class Router:
 
     def _decode(self, topic: str, frame: Frame, group: _Group) -> DecodedEvent | None:
         if group.decoded is None:
+            # A trace context appended by a publisher is not part of the
+            # event: it is taken off before the model sees the JSON.
+            data, group.trace = split_json(frame.data)
             try:
-                group.decoded = self.registry.decode(topic, frame.data)
+                group.decoded = self.registry.decode(topic, data)
             except EventDecodeError as exc:
                 group.decoded = exc
                 self._stats.invalid_events += 1
+                if self._stats.observer is not None:
+                    self._stats.observer.rejected(topic)
+
                 logger.warning(
                     "Rejected an event on %s: %s",
                     topic,

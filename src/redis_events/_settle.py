@@ -191,6 +191,9 @@ class Settler:
             return
 
         self._stats.add("dead_lettered")
+        if self._stats.observer is not None:
+            self._stats.observer.dead_lettered(topic)
+
         logger.warning(
             "Moved entry %s of %s to the dead letters: %s",
             entry_id,

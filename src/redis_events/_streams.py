@@ -21,6 +21,7 @@ from redis import RedisError
 from redis.exceptions import ResponseError
 
 from redis_events._connection import RETRYABLE_ERRORS, Backoff, translate_error
+from redis_events._envelope import from_fields
 from redis_events._keys import DATA_FIELD, stream_key
 from redis_events._positions import position_to_id
 from redis_events._settle import Settler
@@ -93,6 +94,11 @@ class StreamConsumer:
         self._failing = False
         for name in STREAM_COUNTERS:
             stats.extra.setdefault(name, 0)
+
+    @property
+    def failing(self) -> bool:
+        """Tell whether Redis failed the last read and reads are being retried."""
+        return self._failing
 
     async def connect(self) -> None:
         """Create every group that is missing (MKSTREAM), at ``start_from``.
@@ -377,6 +383,9 @@ class StreamConsumer:
         # TODO(stream-stats): this counts deliveries, so a retried entry is
         # received twice; a per-event count needs the delivery counter.
         self._stats.events_received += 1
+        if self._stats.observer is not None:
+            self._stats.observer.received(topic)
+
         if data is None:
             self._reject(key, topic, entry_id, "no 'data' field", count)
             return
@@ -394,7 +403,11 @@ class StreamConsumer:
             return
 
         delivery = Delivery(
-            topic=topic, event=event, delivery_id=entry_id, delivery_count=count
+            topic=topic,
+            event=event,
+            delivery_id=entry_id,
+            delivery_count=count,
+            trace_context=from_fields(fields),
         )
         await on_delivery(delivery)
 
@@ -403,6 +416,9 @@ class StreamConsumer:
     ) -> None:
         self._in_flight[key].discard(entry_id)
         self._stats.invalid_events += 1
+        if self._stats.observer is not None:
+            self._stats.observer.rejected(topic)
+
         logger.warning(
             "Rejected entry %s on %s: %s",
             entry_id,

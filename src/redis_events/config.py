@@ -114,6 +114,11 @@ class Settings(BaseSettings):
     claim_interval: PositiveFloat = c.DEFAULT_CLAIM_INTERVAL
     retry_backoff: float = Field(default=c.DEFAULT_RETRY_BACKOFF, ge=0)
     max_deliveries: int = Field(default=c.DEFAULT_MAX_DELIVERIES, ge=1)
+    tracing: bool = Field(
+        default=False,
+        description="Carry OpenTelemetry trace context from publish to handler "
+        "and trace both (needs the otel extra).",
+    )
 
     @field_validator("start_from")
     @classmethod

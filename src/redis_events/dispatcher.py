@@ -28,6 +28,7 @@ import anyio
 
 if TYPE_CHECKING:
     from redis_events.codec import DecodedEvent
+    from redis_events.observers import EventObserver
 
 __all__ = [
     "Delivery",
@@ -62,6 +63,8 @@ class Delivery:
             channel subscription.
         delivery_id: The transport's id for this delivery, when it has one.
         delivery_count: How many times the transport has delivered it.
+        trace_context: The W3C trace context the publisher sent with it
+            (``traceparent`` and ``tracestate``), when it sent one.
     """
 
     topic: str
@@ -69,6 +72,7 @@ class Delivery:
     pattern: str | None = None
     delivery_id: str | None = None
     delivery_count: int = 1
+    trace_context: dict[str, str] | None = None
 
     @property
     def event_id(self) -> str | None:
@@ -114,6 +118,9 @@ class Stats:
     reconnect_attempts: int = 0
     in_flight: int = 0
     extra: dict[str, int] = field(default_factory=dict)
+    # Told of every event by the transport and the dispatcher (metrics,
+    # tracing); not a counter.
+    observer: EventObserver | None = field(default=None, repr=False, compare=False)
 
     def add(self, name: str, n: int = 1) -> None:
         """Add ``n`` to an extra counter (created at 0)."""
@@ -122,7 +129,9 @@ class Stats:
     def as_dict(self) -> dict[str, int]:
         """Return the counters as a plain dict."""
         counters = {
-            name: getattr(self, name) for name in self.__slots__ if name != "extra"
+            name: getattr(self, name)
+            for name in self.__slots__
+            if name not in {"extra", "observer"}
         }
         return counters | self.extra
 
@@ -291,7 +300,12 @@ class Dispatcher:
                 job = await mailbox.receive()
                 while job is not None:
                     self._stats.in_flight += 1
-                    outcome = await self._call(job[0], job[1], scope)
+                    observer = self._stats.observer
+                    if observer is None:
+                        outcome = await self._call(job[0], job[1], scope)
+                    else:
+                        outcome = await self._observed(observer, job[1], job, scope)
+
                     self._stats.in_flight -= 1
                     self._accepted -= 1
                     self._report(job[1], outcome)
@@ -304,6 +318,22 @@ class Dispatcher:
 
         if job is not None:
             self._cancelled(job)
+
+    async def _observed(
+        self,
+        observer: EventObserver,
+        delivery: Delivery,
+        job: _Job,
+        scope: anyio.CancelScope,
+    ) -> Outcome:
+        token = observer.started(delivery)
+        outcome = Outcome.CANCELLED
+        try:
+            outcome = await self._call(job[0], delivery, scope)
+        finally:
+            observer.finished(delivery, outcome, token)
+
+        return outcome
 
     def _next_for_key(self, key: Hashable | None) -> _Job | None:
         if key is None:

@@ -18,6 +18,7 @@ from redis_events._connection import (
     translate_error,
 )
 from redis_events._endpoint import Endpoint
+from redis_events._envelope import add_to_json, to_fields
 from redis_events._keys import DATA_FIELD, stream_key
 from redis_events.codec import validate_topic
 from redis_events.events import (
@@ -34,6 +35,9 @@ if TYPE_CHECKING:
 
     from pydantic import BaseModel
     from redis.asyncio import Redis
+    from redis.typing import EncodableT, FieldT
+
+    from redis_events.tracing import ProducerTracing
 
 __all__ = ["EventPublisher", "close_shared_publisher", "get_publisher"]
 
@@ -73,6 +77,12 @@ class EventPublisher(Endpoint):
         self._events_published = 0
         self._publish_retries = 0
         self._publish_failures = 0
+        self._tracing: ProducerTracing | None = None
+        if self.settings.tracing:
+            # Imported only when asked for: without tracing, no OpenTelemetry.
+            from redis_events.tracing import ProducerTracing
+
+            self._tracing = ProducerTracing(transport=self.settings.transport)
 
     def __repr__(self) -> str:
         return f"EventPublisher({self.settings.masked_url!r})"
@@ -145,19 +155,35 @@ class EventPublisher(Endpoint):
             PermissionDeniedError: The user may not publish to ``topic``.
         """
         data = self.registry.encode(validate_topic(topic), event)
+        if self._tracing is None:
+            return await self._publish_one(topic, data, None)
+
+        with self._tracing.publishing(topic, event) as context:
+            return await self._publish_one(topic, data, context)
+
+    async def _publish_one(
+        self, topic: str, data: bytes, context: dict[str, str] | None
+    ) -> int | str:
         if self._stream:
             key, maxlen = stream_key(topic), self._maxlen(topic)
+            fields: dict[FieldT, EncodableT] = {DATA_FIELD: data}
+            if context:
+                fields |= to_fields(context)
+
             entry_id: bytes | str = await self._retrying(
                 "XADD",
                 topic,
                 lambda client: client.xadd(
-                    key, {DATA_FIELD: data}, maxlen=maxlen, approximate=True
+                    key, fields, maxlen=maxlen, approximate=True
                 ),
             )
             result: int | str = (
                 entry_id.decode() if isinstance(entry_id, bytes) else entry_id
             )
         else:
+            if context:
+                data = add_to_json(data, context)
+
             result = await self._retrying(
                 "PUBLISH", topic, lambda client: client.publish(topic, data)
             )
@@ -190,6 +216,22 @@ class EventPublisher(Endpoint):
         if not payloads:
             return []
 
+        if self._tracing is None:
+            return await self._publish_batch(topic, payloads, None)
+
+        with self._tracing.publishing(topic, None, len(payloads)) as context:
+            return await self._publish_batch(topic, payloads, context)
+
+    async def _publish_batch(
+        self, topic: str, payloads: list[bytes], context: dict[str, str] | None
+    ) -> list[int] | list[str]:
+        extra: dict[FieldT, EncodableT] = {}
+        if context and self._stream:
+            extra |= to_fields(context)
+
+        if context and not self._stream:
+            payloads = [add_to_json(data, context) for data in payloads]
+
         key = stream_key(topic) if self._stream else ""
         maxlen = self._maxlen(topic)
 
@@ -198,7 +240,10 @@ class EventPublisher(Endpoint):
                 for data in payloads:
                     if self._stream:
                         pipe.xadd(
-                            key, {DATA_FIELD: data}, maxlen=maxlen, approximate=True
+                            key,
+                            {DATA_FIELD: data, **extra},
+                            maxlen=maxlen,
+                            approximate=True,
                         )
                     else:
                         pipe.publish(topic, data)

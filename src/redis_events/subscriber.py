@@ -18,6 +18,7 @@ from redis_events.codec import validate_topic
 from redis_events.dispatcher import Delivery, Dispatcher, Handler, Stats
 from redis_events.dispatcher import current_delivery as _current_delivery
 from redis_events.exceptions import ConfigurationError
+from redis_events.observers import EventObserver, combine
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -69,6 +70,13 @@ class EventSubscriber(Endpoint):
         self._finished = anyio.Event()
         self._task_group: TaskGroup | None = None
         self._streams: set[MemoryObjectSendStream[Delivery]] = set()
+        if self.settings.tracing:
+            # Imported only when asked for: without tracing, no OpenTelemetry.
+            from redis_events.tracing import ConsumerTracing
+
+            stream = self.settings.transport == "stream"
+            group = self.settings.group if stream else None
+            self.add_observer(ConsumerTracing(group=group))
 
     def __repr__(self) -> str:
         return (
@@ -79,8 +87,28 @@ class EventSubscriber(Endpoint):
 
     @property
     def connected(self) -> bool:
-        """Tell whether the subscriber holds a live, subscribed connection."""
+        """Tell whether the subscriber holds a live, subscribed connection.
+
+        On streams: whether it runs and its last read from Redis succeeded.
+        """
+        if self._session is not None:
+            return not self._session.consumer.failing
+
         return self._reader is not None and self._reader.connected
+
+    @property
+    def topics(self) -> list[str]:
+        """The topics (not patterns) handlers are registered for, sorted."""
+        return sorted(self._router.channels)
+
+    def add_observer(self, observer: EventObserver) -> None:
+        """Tell ``observer`` of every event this subscriber receives and handles.
+
+        See ``redis_events.observers`` for when each method is called.
+        ``redis_events.metrics.Metrics.attach`` uses this. Add observers
+        before ``run()``: one added later misses what happened before.
+        """
+        self._stats.observer = combine(self._stats.observer, observer)
 
     @property
     def running(self) -> bool:

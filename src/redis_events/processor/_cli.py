@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Annotated
 
 import anyio
@@ -19,6 +20,7 @@ from redis_events import _constants as c
 from redis_events.codec import validate_topic
 from redis_events.config import Settings
 from redis_events.exceptions import ConfigurationError, RedisEventsError
+from redis_events.metrics import Metrics
 from redis_events.processor._core import EventProcessor
 from redis_events.processor._service import EXIT_OK, EXIT_UNAVAILABLE, serve
 
@@ -40,6 +42,8 @@ class ProcessorSettings(Settings):
     )
     log_level: str = "INFO"
     stats_interval: float = Field(default=60.0, ge=0)
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
 
     @field_validator("topics", mode="before")
     @classmethod
@@ -131,6 +135,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between stats log lines, 0 = off "
         "(env REDIS_EVENTS_STATS_INTERVAL; default 60)",
     )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve Prometheus metrics on /metrics and a health check on "
+        "/healthz at this port, 0 = off (env REDIS_EVENTS_METRICS_PORT; "
+        "default off)",
+    )
+    parser.add_argument(
+        "--metrics-host",
+        metavar="HOST",
+        help="address the metrics server listens on (env "
+        "REDIS_EVENTS_METRICS_HOST; default 127.0.0.1, this machine only)",
+    )
     return parser
 
 
@@ -194,4 +212,23 @@ async def _replay(settings: ProcessorSettings, start: str) -> int:
 
 async def _serve(settings: ProcessorSettings) -> int:
     processor = EventProcessor(settings=settings, topics=settings.topics)
-    return await serve(processor, stats_interval=settings.stats_interval)
+    if not settings.metrics_port:
+        return await serve(processor, stats_interval=settings.stats_interval)
+
+    metrics = Metrics()
+    metrics.attach(processor.subscriber)
+    async with AsyncExitStack() as stack:
+        try:
+            await stack.enter_async_context(
+                metrics.serving(host=settings.metrics_host, port=settings.metrics_port)
+            )
+        except OSError as exc:
+            print(  # noqa: T201
+                "redis-events processor: cannot serve metrics on "
+                f"{settings.metrics_host}:{settings.metrics_port} "
+                f"({exc.strerror or exc})",
+                file=sys.stderr,
+            )
+            return EXIT_UNAVAILABLE
+
+        return await serve(processor, stats_interval=settings.stats_interval)
