@@ -307,6 +307,28 @@ def test_tail_on_pubsub_shows_events_published_after_it_started_redacted(
 
 
 @pytest.mark.redis
+def test_tail_on_pubsub_leaves_out_the_trace_context_of_a_traced_publish(
+    redis_url: str, r: redis.Redis, tails: Tails, uid: str
+) -> None:
+    # A traced publisher appends a top-level "_trace" member (redis_events.
+    # _envelope); it is not part of the event and tail does not show it.
+    topic = f"cli-{uid}"
+    tail = tails.start(topic, "--json", "--count", "1", "--redis-url", redis_url)
+    traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    r.publish(
+        topic,
+        '{"event_type":"order_placed","n":1,'
+        f'"_trace":{{"traceparent":"{traceparent}"}}}}',
+    )
+    code = tail.wait()
+
+    assert code == 0, tail.stderr
+    shown = json.loads(tail.stdout.splitlines()[0])
+    assert shown["event"] == {"event_type": "order_placed", "n": 1}
+    assert "_trace" not in tail.stdout
+
+
+@pytest.mark.redis
 def test_tail_on_streams_with_json_prints_one_parseable_object_per_event(
     redis_url: str, r: redis.Redis, tails: Tails, uid: str
 ) -> None:

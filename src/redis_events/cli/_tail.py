@@ -16,6 +16,7 @@ from redis import RedisError
 
 from redis_events._connection import Backoff, create_client, is_retryable
 from redis_events._connection import translate_error as _translate
+from redis_events._envelope import split_json
 from redis_events._keys import DATA_FIELD, stream_key
 from redis_events._pubsub import PubSubReader
 from redis_events._streams import _streams as stream_entries
@@ -235,8 +236,11 @@ class _Tailer:
                 pattern = (
                     frame.pattern.decode(errors="replace") if frame.pattern else None
                 )
+                # The trace context member of a traced publish is not part
+                # of the event; the subscriber drops it the same way.
+                data, _ = split_json(frame.data)
                 self._show(
-                    frame.channel.decode(errors="replace"), frame.data, pattern=pattern
+                    frame.channel.decode(errors="replace"), data, pattern=pattern
                 )
 
             await reader.run(on_frame)
