@@ -23,3 +23,12 @@ def main() -> None:
     Connection settings come from --redis-url on each command or from the
     environment (REDIS_URL, REDIS_EVENTS_*), as for the library itself.
     """
+
+
+# Imported here, after ``main``, so that each command module stays independent
+# of the others; registering is the only thing this package does with them.
+from redis_events.cli._inspect import dead_letters, groups, top  # noqa: E402  # after main
+
+main.add_command(groups)
+main.add_command(dead_letters)
+main.add_command(top)
