@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +18,7 @@ import anyio
 from redis import RedisError
 from redis.exceptions import NoPermissionError
 
+from redis_events._connection import is_retryable
 from redis_events._keys import instance_key
 
 if TYPE_CHECKING:
@@ -26,14 +28,41 @@ if TYPE_CHECKING:
 
     from redis_events.config import Settings
 
-__all__ = ["META_FIELDS", "InstanceReporter", "reporting"]
+__all__ = [
+    "META_FIELDS",
+    "InstanceInfo",
+    "InstanceReporter",
+    "parse_instance",
+    "reporting",
+]
 
-logger = logging.getLogger("redis_events.subscriber")
+logger = logging.getLogger(__name__)
 
 # The hash's descriptive fields; every other field is a counter.
 META_FIELDS = frozenset(
     {"group", "consumer", "transport", "topics", "started_at", "last_seen"}
 )
+
+
+@dataclass(frozen=True)
+class InstanceInfo:
+    """A running subscriber, as its instance hash describes it.
+
+    Attributes:
+        ttl: Seconds until the hash expires (the instance is gone when it
+            stops writing), ``None`` when Redis reports no expiry.
+        stats: The counters of its ``get_stats()`` at ``last_seen``.
+    """
+
+    key: str
+    group: str
+    consumer: str
+    transport: str
+    topics: tuple[str, ...]
+    started_at: str
+    last_seen: str
+    ttl: int | None
+    stats: dict[str, int]
 
 
 class InstanceReporter:
@@ -64,6 +93,7 @@ class InstanceReporter:
             "started_at": _now(),
         }
         self._failing = False
+        self._warned = False
 
     async def run(self) -> None:
         """Write now, then every ``instance_stats_interval`` s, until cancelled."""
@@ -84,32 +114,38 @@ class InstanceReporter:
                 pipe.expire(self.key, self._settings.instance_stats_ttl)
                 await pipe.execute()
         except (RedisError, OSError) as exc:
-            level = logging.DEBUG if self._failing else logging.WARNING
-            hint = ""
-            if isinstance(exc, NoPermissionError):
-                hint = (
-                    "; the user needs +hset +expire +del +multi +exec on "
-                    "redis-events:instances:* (see the README's ACL users)"
-                )
-
-            logger.log(
-                level,
-                "Could not write the instance stats to %s (%s: %s); trying again "
-                "in %s s%s",
-                self.key,
-                type(exc).__name__,
-                exc,
-                self._settings.instance_stats_interval,
-                hint,
-            )
+            self._log_failure(exc)
             self._failing = True
             return False
 
         if self._failing:
-            logger.info("Instance stats written to %s again", self.key)
+            level = logging.INFO if self._warned else logging.DEBUG
+            logger.log(level, "Instance stats written to %s again", self.key)
 
-        self._failing = False
+        self._failing = self._warned = False
         return True
+
+    def _log_failure(self, exc: BaseException) -> None:
+        # A lost connection is the subscriber's to report (it warns and
+        # reconnects); anything else is worth one WARNING per series.
+        quiet = self._failing or is_retryable(exc)
+        hint = ""
+        if isinstance(exc, NoPermissionError):
+            hint = (
+                "; the user needs +hset +expire +del +multi +exec on "
+                "redis-events:instances:* (see the README's ACL users)"
+            )
+
+        self._warned = self._warned or not quiet
+        logger.log(
+            logging.DEBUG if quiet else logging.WARNING,
+            "Could not write the instance stats to %s (%s: %s); trying again in %s s%s",
+            self.key,
+            type(exc).__name__,
+            exc,
+            self._settings.instance_stats_interval,
+            hint,
+        )
 
     async def remove(self) -> None:
         """Delete the hash at a clean stop; leave it to its TTL if that fails."""
@@ -158,5 +194,34 @@ async def reporting(reporter: InstanceReporter | None) -> AsyncIterator[None]:
         raise error
 
 
+def parse_instance(key: str, raw: dict[bytes, bytes], ttl: int) -> InstanceInfo:
+    """Return what an instance hash (as ``HGETALL`` gives it) describes."""
+    fields = {_text(k): _text(v) for k, v in raw.items()}
+    stats: dict[str, int] = {}
+    for name, value in fields.items():
+        if name not in META_FIELDS:
+            try:
+                stats[name] = int(value)
+            except ValueError:
+                continue
+
+    topics = fields.get("topics", "")
+    return InstanceInfo(
+        key=key,
+        group=fields.get("group", ""),
+        consumer=fields.get("consumer", ""),
+        transport=fields.get("transport", ""),
+        topics=tuple(t for t in topics.split(",") if t),
+        started_at=fields.get("started_at", ""),
+        last_seen=fields.get("last_seen", ""),
+        ttl=ttl if ttl >= 0 else None,
+        stats=stats,
+    )
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value

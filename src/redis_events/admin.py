@@ -32,7 +32,7 @@ from redis_events._dead_letters import (
     parse_dead_letter,
 )
 from redis_events._endpoint import Endpoint
-from redis_events._instances import META_FIELDS
+from redis_events._instances import InstanceInfo, parse_instance
 from redis_events._keys import (
     INSTANCE_KEY_PATTERN,
     TOPIC_KEY_PATTERN,
@@ -103,27 +103,6 @@ class StreamInfo:
     length: int
     entries_added: int | None
     dead_letters: int
-
-
-@dataclass(frozen=True)
-class InstanceInfo:
-    """A running subscriber, as its instance hash describes it.
-
-    Attributes:
-        ttl: Seconds until the hash expires (the instance is gone when it
-            stops writing), ``None`` when Redis reports no expiry.
-        stats: The counters of its ``get_stats()`` at ``last_seen``.
-    """
-
-    key: str
-    group: str
-    consumer: str
-    transport: str
-    topics: tuple[str, ...]
-    started_at: str
-    last_seen: str
-    ttl: int | None
-    stats: dict[str, int]
 
 
 class EventAdmin(Endpoint):
@@ -246,7 +225,7 @@ class EventAdmin(Endpoint):
                     raw, ttl = await pipe.execute()
 
                 if raw:
-                    found.append(_instance(key, raw, int(ttl)))
+                    found.append(parse_instance(key, raw, int(ttl)))
 
         return found
 
@@ -425,30 +404,6 @@ class EventAdmin(Endpoint):
             raise translate_error(
                 exc, operation=operation, settings=self.settings, topic=topic
             ) from exc
-
-
-def _instance(key: str, raw: dict[bytes, bytes], ttl: int) -> InstanceInfo:
-    fields = {_text(k): _text(v) for k, v in raw.items()}
-    stats: dict[str, int] = {}
-    for name, value in fields.items():
-        if name not in META_FIELDS:
-            try:
-                stats[name] = int(value)
-            except ValueError:
-                continue
-
-    topics = fields.get("topics", "")
-    return InstanceInfo(
-        key=key,
-        group=fields.get("group", ""),
-        consumer=fields.get("consumer", ""),
-        transport=fields.get("transport", ""),
-        topics=tuple(t for t in topics.split(",") if t),
-        started_at=fields.get("started_at", ""),
-        last_seen=fields.get("last_seen", ""),
-        ttl=ttl if ttl >= 0 else None,
-        stats=stats,
-    )
 
 
 def _text(value: bytes | str) -> str:

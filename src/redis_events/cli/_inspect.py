@@ -135,11 +135,13 @@ def list_dead_letters(
         title=f"Dead letters of {topic} ({len(letters)} of {info.dead_letters})",
         title_justify="left",
     )
-    for name in ("id", "original id", "count", "dead at", "reason"):
-        table.add_column(name, overflow="fold")
+    for name in ("id", "original id", "count", "dead at (UTC)"):
+        table.add_column(name, no_wrap=True)
 
+    table.add_column("reason", overflow="fold")
     for d in letters:
-        table.add_row(d.id, d.original_id, str(d.delivery_count), d.dead_at, d.reason)
+        dead_at = d.dead_at[:19].replace("T", " ")
+        table.add_row(d.id, d.original_id, str(d.delivery_count), dead_at, d.reason)
 
     console.print(table)
 

@@ -25,11 +25,11 @@ __all__ = [
 
 # Counters of an instance shown by ``top``, in this order, under these titles.
 INSTANCE_COUNTERS = (
-    ("events_received", "received"),
+    ("events_received", "recv"),
     ("events_handled", "handled"),
     ("handler_errors", "errors"),
     ("dead_lettered", "dead"),
-    ("in_flight", "in flight"),
+    ("in_flight", "busy"),
 )
 
 
@@ -146,13 +146,15 @@ def streams_table(streams: list[StreamInfo], rates: dict[str, float | None]) -> 
 def instances_table(instances: list[InstanceInfo], now: datetime) -> Table:
     """Return one row per running subscriber (from the instance hashes)."""
     table = Table(title="Instances", title_justify="left")
-    for name in ("group", "consumer", "transport", "topics"):
-        table.add_column(name, overflow="fold")
+    for name in ("group", "consumer", "transport"):
+        table.add_column(name, no_wrap=True)
+
+    table.add_column("topics", overflow="fold")
 
     for _, title in INSTANCE_COUNTERS:
         table.add_column(title, justify="right")
 
-    table.add_column("seen", justify="right")
+    table.add_column("seen ago", justify="right", no_wrap=True)
     for i in instances:
         counters = [str(i.stats.get(name, "-")) for name, _ in INSTANCE_COUNTERS]
         table.add_row(
@@ -161,7 +163,7 @@ def instances_table(instances: list[InstanceInfo], now: datetime) -> Table:
             i.transport,
             ", ".join(i.topics),
             *counters,
-            age(since(i.last_seen, now)) + " ago",
+            age(since(i.last_seen, now)),
         )
 
     return table
