@@ -17,10 +17,12 @@ import pytest
 from redis_events import (
     KEY_SUBMISSION_TOPIC,
     ConfigurationError,
+    EventProcessor,
     EventPublisher,
     EventSubscriber,
     RedisUnavailableError,
 )
+from redis_events._constants import DEFAULT_PROCESSOR_TOPICS
 from redis_events._keys import dead_letter_key, instance_key, stream_key
 from redis_events.admin import EventAdmin
 from tests.helpers import wait_until
@@ -372,6 +374,26 @@ async def test_instance_stats_can_be_switched_off(
         await wait_until(lambda: len(handled) == 2)
 
     assert r.keys(f"redis-events:instances:{group}:*") == []
+
+
+async def test_a_processor_writes_its_business_counters_too(
+    redis_url: str, r: redis.Redis, uid: str
+) -> None:
+    group = f"{uid}-p"
+    processor = EventProcessor(
+        redis_url, transport="stream", group=group, consumer="p1", **(FAST | STATS)
+    )
+    key = instance_key(group, "p1")
+    async with anyio.create_task_group() as tg:
+        await tg.start(processor.run)
+        await wait_until(lambda: r.exists(key) == 1)
+        fields = r.hgetall(key)
+        await processor.stop()
+
+    assert fields["transport"] == "stream"
+    assert fields["topics"] == ",".join(sorted(DEFAULT_PROCESSOR_TOPICS))
+    assert {"keys_processed", "profiles_processed", "events_handled"} <= set(fields)
+    assert r.exists(key) == 0
 
 
 def test_a_ttl_not_above_the_interval_is_refused() -> None:

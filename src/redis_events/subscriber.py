@@ -54,6 +54,11 @@ class EventSubscriber(Endpoint):
     channel subscription when there is one. Different handlers each get
     their own call.
 
+    While it runs it writes its counters to the hash
+    ``redis-events:instances:<group>:<consumer>`` every
+    ``instance_stats_interval`` seconds, from a task of its own, for
+    ``redis-events top`` and ``groups``; a clean stop deletes the hash.
+
     Note:
         Delivery is at most once: events published while the subscriber is
         disconnected are lost, and an event whose handler fails is not
