@@ -18,13 +18,11 @@ import anyio
 from redis import RedisError
 from redis.exceptions import NoPermissionError
 
-from redis_events._connection import is_retryable
+from redis_events._connection import create_client, is_retryable
 from redis_events._keys import instance_key
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-
-    from redis.asyncio import Redis
 
     from redis_events.config import Settings
 
@@ -74,14 +72,15 @@ class InstanceReporter:
 
     def __init__(
         self,
-        client: Redis,
         settings: Settings,
         *,
         consumer: str,
         topics: Sequence[str],
         stats: Callable[[], Mapping[str, int]],
     ) -> None:
-        self._client = client
+        # A client of its own: its connection never serves, nor is taken by,
+        # the subscriber's reads, acknowledgements or resubscriptions.
+        self._client = create_client(settings, role="sub")
         self._settings = settings
         self._stats = stats
         self.key = instance_key(settings.group, consumer)
@@ -96,10 +95,10 @@ class InstanceReporter:
         self._warned = False
 
     async def run(self) -> None:
-        """Write now, then every ``instance_stats_interval`` s, until cancelled."""
+        """Write every ``instance_stats_interval`` seconds until cancelled."""
         while True:
-            await self.write()
             await anyio.sleep(self._settings.instance_stats_interval)
+            await self.write()
 
     async def write(self) -> bool:
         """Write the hash and its TTL once; tell whether it worked."""
@@ -148,7 +147,7 @@ class InstanceReporter:
         )
 
     async def remove(self) -> None:
-        """Delete the hash at a clean stop; leave it to its TTL if that fails."""
+        """Delete the hash at a stop (else it expires), then disconnect."""
         try:
             with anyio.fail_after(self._settings.socket_timeout):
                 await self._client.delete(self.key)
@@ -159,11 +158,13 @@ class InstanceReporter:
                 type(exc).__name__,
                 self._settings.instance_stats_ttl,
             )
+        finally:
+            await self._client.aclose()
 
 
 @asynccontextmanager
 async def reporting(reporter: InstanceReporter | None) -> AsyncIterator[None]:
-    """Run ``reporter`` in a task beside the block; delete its hash after.
+    """Write once, run ``reporter`` in a task beside the block, delete after.
 
     Note:
         The block's own exception propagates as itself, not wrapped in an
@@ -176,6 +177,9 @@ async def reporting(reporter: InstanceReporter | None) -> AsyncIterator[None]:
 
     error: Exception | None = None
     try:
+        # The first write before the block: the instance is visible (and its
+        # connection open) once the subscriber has started.
+        await reporter.write()
         async with anyio.create_task_group() as task_group:
             task_group.start_soon(reporter.run)
             try:

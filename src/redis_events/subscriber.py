@@ -470,8 +470,7 @@ class EventSubscriber(Endpoint):
             read_scope.cancel()
 
         try:
-            reporter = self._reporter(session.client, session.consumer_name)
-            async with reporting(reporter):
+            async with reporting(self._reporter(session.consumer_name)):
                 await session.serve(dispatcher, read_scope, task_status)
         finally:
             self._read_scope = None
@@ -501,7 +500,7 @@ class EventSubscriber(Endpoint):
         consumer = self.settings.consumer or default_consumer_name()
         try:
             async with (
-                reporting(self._reporter(client, consumer)),
+                reporting(self._reporter(consumer)),
                 dispatcher.running(),
             ):
                 try:
@@ -539,13 +538,12 @@ class EventSubscriber(Endpoint):
         for stream in list(self._streams):
             stream.close()
 
-    def _reporter(self, client: Redis, consumer: str) -> InstanceReporter | None:
+    def _reporter(self, consumer: str) -> InstanceReporter | None:
         if not self.settings.instance_stats_interval:
             return None
 
         topics = [*self._router.channels, *self._router.patterns]
         return InstanceReporter(
-            client,
             self.settings,
             consumer=consumer,
             topics=topics,
