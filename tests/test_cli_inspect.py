@@ -120,12 +120,17 @@ def test_an_unknown_topic_and_an_unreachable_redis_exit_1_with_what_to_do(
     redis_url: str, uid: str
 ) -> None:
     unknown = invoke("groups", f"{uid}-nothing", "--redis-url", redis_url)
+    bad_id = invoke(
+        "dead-letters", "show", f"{uid}-any", "12-x", "--redis-url", redis_url
+    )
     down = invoke("top", "--once", "--redis-url", f"redis://127.0.0.1:{free_port()}/0")
 
     assert unknown.exit_code == 1
     assert f"unknown topic '{uid}-nothing'" in unknown.output
     assert down.exit_code == 1
     assert "is unavailable" in down.output
+    assert bad_id.exit_code == 1
+    assert "'12-x' is not a stream entry id" in bad_id.output
 
 
 def test_redis_url_comes_from_the_environment(

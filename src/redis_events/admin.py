@@ -18,6 +18,7 @@ step, so on a database with millions of unrelated keys give the topics.
 
 from __future__ import annotations
 
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Self
@@ -60,6 +61,7 @@ __all__ = [
 ]
 
 _SCAN_COUNT = 1000
+_ENTRY_ID = re.compile(r"\d{1,20}-\d{1,20}")
 _BATCH = 500
 
 
@@ -240,6 +242,9 @@ class EventAdmin(Endpoint):
             ConfigurationError: The topic has neither a stream nor dead letters.
             RedisUnavailableError: Redis cannot be reached.
         """
+        if after is not None:
+            _check_ids([after])
+
         await self._require(topic)
         start = "-" if after is None else f"({after}"
         entries = await self._range(topic, start, "+", count)
@@ -252,6 +257,7 @@ class EventAdmin(Endpoint):
             ConfigurationError: The topic is unknown or the id malformed.
             RedisUnavailableError: Redis cannot be reached.
         """
+        _check_ids([entry_id])
         await self._require(topic)
         entries = await self._range(topic, entry_id, entry_id, 1)
         return parse_dead_letter(topic, entry_id, entries[0][1]) if entries else None
@@ -274,14 +280,15 @@ class EventAdmin(Endpoint):
             ConfigurationError: The topic is unknown or an id malformed.
             RedisUnavailableError: Redis cannot be reached.
         """
+        chosen = None if ids is None else _check_ids(ids)
         await self._require(topic)
         result = RequeueResult(requeued={}, missing=[], empty=[])
         script = self._client.register_script(REQUEUE_SCRIPT)
-        if ids is None:
+        if chosen is None:
             async for entry_id in self._all_ids(topic):
                 await self._requeue_one(script, topic, entry_id, result)
         else:
-            for entry_id in ids:
+            for entry_id in chosen:
                 await self._requeue_one(script, topic, entry_id, result)
 
         return result
@@ -293,11 +300,11 @@ class EventAdmin(Endpoint):
             ConfigurationError: The topic is unknown or an id malformed.
             RedisUnavailableError: Redis cannot be reached.
         """
+        chosen = None if ids is None else _check_ids(ids)
         await self._require(topic)
         key = dead_letter_key(topic)
         with self._translated("purge", topic):
-            if ids is not None:
-                chosen = list(ids)
+            if chosen is not None:
                 return int(await self._client.xdel(key, *chosen)) if chosen else 0
 
             async with self._client.pipeline(transaction=True) as pipe:
@@ -404,6 +411,19 @@ class EventAdmin(Endpoint):
             raise translate_error(
                 exc, operation=operation, settings=self.settings, topic=topic
             ) from exc
+
+
+def _check_ids(ids: Iterable[str]) -> list[str]:
+    chosen = list(ids)
+    for entry_id in chosen:
+        if not _ENTRY_ID.fullmatch(entry_id):
+            msg = (
+                f"{entry_id!r} is not a stream entry id (<milliseconds>-<sequence>, "
+                "e.g. 1700000000000-0); copy it from 'dead-letters list'"
+            )
+            raise ConfigurationError(msg)
+
+    return chosen
 
 
 def _text(value: bytes | str) -> str:
