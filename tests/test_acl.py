@@ -408,6 +408,7 @@ async def test_pubsub_publisher_and_processor_run_under_their_acl_users(
         ("redis-events-pub", PUBLISHER),
         ("redis-events-pub", PROCESSOR),
         ("redis-events-sub", PROCESSOR),
+        ("redis-events-stats", PROCESSOR),
     }
     assert refused(admin) == []
 
@@ -512,6 +513,7 @@ async def test_stream_publisher_and_processor_run_under_their_acl_users(
     assert admin.xlen(stream_key(PROCESSING_RESULTS_TOPIC)) == 8
     assert ("redis-events-pub", STREAM_PUBLISHER) in users
     assert ("redis-events-sub", STREAM_PROCESSOR) in users
+    assert ("redis-events-stats", STREAM_PROCESSOR) in users
     assert refused(admin) == []
     unused = [c for c in STREAM_PROCESSOR_COMMANDS if not command_calls(admin, c)]
     assert unused == []

@@ -26,6 +26,8 @@ from tests.helpers import client_names, poll_until, wait_until
 from tests.redis_server import free_port
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import redis
 
 pytestmark = pytest.mark.redis
@@ -303,7 +305,7 @@ async def test_top_once_shows_lag_dead_letters_and_a_running_instance(
 
 @pytest.mark.parametrize("tty", [False, True], ids=["pipe", "tty"])
 def test_top_exits_0_on_ctrl_c(
-    redis_url: str, r: redis.Redis, uid: str, tty: bool
+    redis_url: str, r: redis.Redis, uid: str, tmp_path: Path, tty: bool
 ) -> None:
     name = f"top-{uid}"
     env = os.environ | {
@@ -317,7 +319,9 @@ def test_top_exits_0_on_ctrl_c(
         primary, secondary = pty.openpty()
         out: Any = secondary
     else:
-        primary, out = -1, subprocess.PIPE
+        # A file, not a pipe: nobody reads while it runs, and a full pipe
+        # would block the process in a write.
+        primary, out = -1, (tmp_path / "top.out").open("w")
 
     with subprocess.Popen(
         command, stdout=out, stderr=subprocess.PIPE, env=env, text=True
@@ -337,6 +341,8 @@ def test_top_exits_0_on_ctrl_c(
 
             if tty:
                 os.close(primary)
+            else:
+                out.close()
 
     assert code == 0, stderr
     assert "Traceback" not in stderr

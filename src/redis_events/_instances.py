@@ -80,7 +80,7 @@ class InstanceReporter:
     ) -> None:
         # A client of its own: its connection never serves, nor is taken by,
         # the subscriber's reads, acknowledgements or resubscriptions.
-        self._client = create_client(settings, role="sub")
+        self._client = create_client(settings, role="stats")
         self._settings = settings
         self._stats = stats
         self.key = instance_key(settings.group, consumer)
