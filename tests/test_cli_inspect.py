@@ -13,6 +13,7 @@ import pty
 import signal
 import subprocess
 import sys
+import threading
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -303,31 +304,62 @@ async def test_top_once_shows_lag_dead_letters_and_a_running_instance(
     assert cells(instance_row)[4:9] == ["8", "8", "0", "0", "0"]
 
 
-@pytest.mark.parametrize("tty", [False, True], ids=["pipe", "tty"])
+def drain(fd: int, into: bytearray) -> None:
+    """Read ``fd`` until it ends, as a terminal would, keeping what came."""
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:
+            return
+
+        if not chunk:
+            return
+
+        into.extend(chunk)
+
+
+@pytest.mark.parametrize("tty", [False, True], ids=["file", "tty"])
 def test_top_exits_0_on_ctrl_c(
     redis_url: str, r: redis.Redis, uid: str, tmp_path: Path, tty: bool
 ) -> None:
-    name = f"top-{uid}"
+    name, topic = f"top-{uid}", f"{uid}-ctrl-c"
+    r.xadd(stream_key(topic), {"data": "{}"})
     env = os.environ | {
         "REDIS_URL": redis_url,
         "REDIS_EVENTS_CLIENT_NAME": name,
         "COLUMNS": "120",
     }
     env.pop("REDIS_EVENTS_REDIS_URL", None)
-    command = (sys.executable, "-m", "redis_events.cli", "top", "--interval", "0.2")
+    command = (
+        sys.executable,
+        "-m",
+        "redis_events.cli",
+        "top",
+        topic,
+        "--interval",
+        "0.2",
+    )
+    shown = bytearray()
     if tty:
+        # A terminal: Live redraws in place, and the output is read as it
+        # comes (an unread terminal would fill up and block the writer).
         primary, secondary = pty.openpty()
         out: Any = secondary
+        reader = threading.Thread(target=drain, args=(primary, shown), daemon=True)
+        reader.start()
     else:
-        # A file, not a pipe: nobody reads while it runs, and a full pipe
-        # would block the process in a write.
-        primary, out = -1, (tmp_path / "top.out").open("w")
+        # A file, not a pipe: it is read after the exit, when the last frame
+        # has been printed.
+        out = (tmp_path / "top.out").open("w")
 
     with subprocess.Popen(
         command, stdout=out, stderr=subprocess.PIPE, env=env, text=True
     ) as process:
+        # The child has its own copy of the output.
         if tty:
             os.close(secondary)
+        else:
+            out.close()
 
         try:
             # The command is inside its refresh loop once its client is named.
@@ -339,10 +371,12 @@ def test_top_exits_0_on_ctrl_c(
             if process.poll() is None:
                 process.kill()
 
-            if tty:
-                os.close(primary)
-            else:
-                out.close()
+    if tty:
+        reader.join(timeout=10)
+        os.close(primary)
+    else:
+        shown.extend((tmp_path / "top.out").read_bytes())
 
     assert code == 0, stderr
     assert "Traceback" not in stderr
+    assert topic.encode() in shown

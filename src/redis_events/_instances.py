@@ -66,8 +66,10 @@ class InstanceInfo:
 class InstanceReporter:
     """Rewrite one instance hash periodically, beside a subscriber's run loop.
 
-    A failed write is logged (WARNING for the first of a series, DEBUG for
-    the rest) and tried again at the next interval; it never ends ``run()``.
+    A failed write is logged and tried again at the next interval; it never
+    ends ``run()``. The first failure of a series is a WARNING, unless the
+    connection was lost (the subscriber itself reports that); the rest are
+    DEBUG.
     """
 
     def __init__(
