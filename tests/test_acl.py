@@ -60,7 +60,8 @@ ACL_LINES = (
     " +client|setname +publish &key_submission &profile_events",
     "ACL SETUSER events-processor reset on >processor-password +ping"
     " +client|setname +subscribe &key_submission &profile_events"
-    ' &processing_results "(+publish &processing_results)"',
+    ' &processing_results "(+publish &processing_results)"'
+    ' "(+hset +expire +del +multi +exec ~redis-events:instances:*)"',
     "ACL SETUSER events-stream-publisher reset on >stream-publisher-password"
     " +ping +client|setname +xadd %W~redis-events:{key_submission}"
     " %W~redis-events:{profile_events}",
@@ -72,7 +73,8 @@ ACL_LINES = (
     " ~redis-events:{profile_events}:dead ~redis-events:{processing_results}:dead"
     ' "(+xadd %W~redis-events:{processing_results}'
     " %W~redis-events:{key_submission}:dead %W~redis-events:{profile_events}:dead"
-    ' %W~redis-events:{processing_results}:dead)"',
+    ' %W~redis-events:{processing_results}:dead)"'
+    ' "(+hset +expire +del +multi +exec ~redis-events:instances:*)"',
 )
 PUBLISHER = "events-publisher"
 PROCESSOR = "events-processor"
@@ -104,6 +106,11 @@ STREAM_PROCESSOR_COMMANDS = (
     "script|load",
     "xinfo|groups",
     "xrange",
+    "hset",
+    "expire",
+    "multi",
+    "exec",
+    "del",
 )
 
 
@@ -313,6 +320,9 @@ DRYRUNS = [
     (PROCESSOR, "SUBSCRIBE other_topic", False),
     (PROCESSOR, "PSUBSCRIBE *", False),
     (PROCESSOR, "KEYS *", False),
+    (PROCESSOR, "HSET redis-events:instances:g:c events_handled 1", True),
+    (PROCESSOR, "EXPIRE redis-events:instances:g:c 15", True),
+    (PROCESSOR, "HSET other events_handled 1", False),
     (STREAM_PUBLISHER, "XADD redis-events:{key_submission} MAXLEN ~ 10 * data x", True),
     (STREAM_PUBLISHER, "XADD redis-events:{profile_events} * data x", True),
     (STREAM_PUBLISHER, "XADD redis-events:{processing_results} * data x", False),
@@ -340,6 +350,10 @@ DRYRUNS = [
     (STREAM_PROCESSOR, "EVAL return 0", False),
     (STREAM_PROCESSOR, "SCRIPT FLUSH", False),
     (STREAM_PROCESSOR, "DEL redis-events:{key_submission}:dead", False),
+    (STREAM_PROCESSOR, "DEL redis-events:instances:g:c", True),
+    (STREAM_PROCESSOR, "HSET redis-events:instances:g:c in_flight 0", True),
+    (STREAM_PROCESSOR, "HSET redis-events:{key_submission} x 1", False),
+    (STREAM_PROCESSOR, "EXPIRE redis-events:{key_submission} 1", False),
     (STREAM_PROCESSOR, "XADD redis-events:{other}:dead * data x", False),
     (STREAM_PROCESSOR, "XGROUP DESTROY redis-events:{key_submission} g", False),
     (STREAM_PROCESSOR, "XTRIM redis-events:{key_submission} MAXLEN 0", False),
@@ -394,6 +408,7 @@ async def test_pubsub_publisher_and_processor_run_under_their_acl_users(
         ("redis-events-pub", PUBLISHER),
         ("redis-events-pub", PROCESSOR),
         ("redis-events-sub", PROCESSOR),
+        ("redis-events-stats", PROCESSOR),
     }
     assert refused(admin) == []
 
@@ -498,6 +513,7 @@ async def test_stream_publisher_and_processor_run_under_their_acl_users(
     assert admin.xlen(stream_key(PROCESSING_RESULTS_TOPIC)) == 8
     assert ("redis-events-pub", STREAM_PUBLISHER) in users
     assert ("redis-events-sub", STREAM_PROCESSOR) in users
+    assert ("redis-events-stats", STREAM_PROCESSOR) in users
     assert refused(admin) == []
     unused = [c for c in STREAM_PROCESSOR_COMMANDS if not command_calls(admin, c)]
     assert unused == []

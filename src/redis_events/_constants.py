@@ -46,3 +46,8 @@ DEFAULT_CLAIM_MIN_IDLE: Final = 60.0
 DEFAULT_CLAIM_INTERVAL: Final = 5.0
 DEFAULT_RETRY_BACKOFF: Final = 1.0
 DEFAULT_MAX_DELIVERIES: Final = 5
+
+# Instance stats: each running subscriber writes its counters to a hash this
+# often, and the hash lives this long after the last write.
+DEFAULT_INSTANCE_STATS_INTERVAL: Final = 5.0
+DEFAULT_INSTANCE_STATS_TTL: Final = 15

@@ -9,10 +9,16 @@ else in the library reads the environment.
 from __future__ import annotations
 
 import ssl
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from redis_events import _constants as c
@@ -119,11 +125,34 @@ class Settings(BaseSettings):
         description="Carry OpenTelemetry trace context from publish to handler "
         "and trace both (needs the otel extra).",
     )
+    instance_stats_interval: float = Field(
+        default=c.DEFAULT_INSTANCE_STATS_INTERVAL,
+        ge=0,
+        description="Seconds between writes of a running subscriber's stats "
+        "to its instance hash; 0 = no writes.",
+    )
+    instance_stats_ttl: int = Field(
+        default=c.DEFAULT_INSTANCE_STATS_TTL,
+        ge=1,
+        description="Seconds an instance hash outlives its last write; keep "
+        "it above the interval.",
+    )
 
     @field_validator("start_from")
     @classmethod
     def _check_start(cls, value: str) -> str:
         return check_position(value)
+
+    @model_validator(mode="after")
+    def _check_instance_stats(self) -> Self:
+        interval = self.instance_stats_interval
+        if interval and self.instance_stats_ttl <= interval:
+            # The hash would expire between two writes and the instance
+            # would flicker in and out of view.
+            msg = "instance_stats_ttl must be longer than instance_stats_interval"
+            raise ValueError(msg)
+
+        return self
 
     @field_validator("redis_url")
     @classmethod

@@ -11,9 +11,15 @@ from redis import RedisError
 
 from redis_events._connection import create_client, translate_error
 from redis_events._endpoint import Endpoint
+from redis_events._instances import InstanceReporter, reporting
 from redis_events._pubsub import PubSubReader
 from redis_events._routing import OrderingKey, Router
-from redis_events._stream_session import StreamSession, group_info, replay
+from redis_events._stream_session import (
+    StreamSession,
+    default_consumer_name,
+    group_info,
+    replay,
+)
 from redis_events.codec import validate_topic
 from redis_events.dispatcher import Delivery, Dispatcher, Handler, Stats
 from redis_events.dispatcher import current_delivery as _current_delivery
@@ -49,6 +55,11 @@ class EventSubscriber(Endpoint):
     channel subscription when there is one. Different handlers each get
     their own call.
 
+    While it runs it writes its counters to the hash
+    ``redis-events:instances:<group>:<consumer>`` every
+    ``instance_stats_interval`` seconds, from a task of its own, for
+    ``redis-events top`` and ``groups``; a clean stop deletes the hash.
+
     Note:
         Delivery is at most once: events published while the subscriber is
         disconnected are lost, and an event whose handler fails is not
@@ -70,6 +81,7 @@ class EventSubscriber(Endpoint):
         self._finished = anyio.Event()
         self._task_group: TaskGroup | None = None
         self._streams: set[MemoryObjectSendStream[Delivery]] = set()
+        self._stats_source: Callable[[], Mapping[str, int]] = self.get_stats
         if self.settings.tracing:
             # Imported only when asked for: without tracing, no OpenTelemetry.
             from redis_events.tracing import ConsumerTracing
@@ -367,6 +379,13 @@ class EventSubscriber(Endpoint):
         finally:
             await client.aclose()
 
+    def report_stats_with(self, source: Callable[[], Mapping[str, int]]) -> None:
+        """Write ``source()`` instead of ``get_stats()`` to the instance hash.
+
+        The processor uses it to publish its business counters too.
+        """
+        self._stats_source = source
+
     def get_stats(self) -> dict[str, int]:
         """Return the subscriber's counters.
 
@@ -479,7 +498,8 @@ class EventSubscriber(Endpoint):
             read_scope.cancel()
 
         try:
-            await session.serve(dispatcher, read_scope, task_status)
+            async with reporting(self._reporter(session.consumer_name)):
+                await session.serve(dispatcher, read_scope, task_status)
         finally:
             self._read_scope = None
             self._session = self._dispatcher = None
@@ -505,8 +525,12 @@ class EventSubscriber(Endpoint):
             shutdown_timeout=self.settings.shutdown_timeout,
             stats=self._stats,
         )
+        consumer = self.settings.consumer or default_consumer_name()
         try:
-            async with dispatcher.running():
+            async with (
+                reporting(self._reporter(consumer)),
+                dispatcher.running(),
+            ):
                 try:
                     with anyio.CancelScope() as self._read_scope:
                         if self._stop_requested:
@@ -541,6 +565,18 @@ class EventSubscriber(Endpoint):
 
         for stream in list(self._streams):
             stream.close()
+
+    def _reporter(self, consumer: str) -> InstanceReporter | None:
+        if not self.settings.instance_stats_interval:
+            return None
+
+        topics = [*self._router.channels, *self._router.patterns]
+        return InstanceReporter(
+            self.settings,
+            consumer=consumer,
+            topics=topics,
+            stats=self._stats_source,
+        )
 
     def _check_stream(self, method: str) -> None:
         if self.settings.transport != "stream":

@@ -25,9 +25,11 @@ def main() -> None:
     """
 
 
-# Imported after ``main`` exists: the command modules only define commands.
+# Imported after ``main`` exists: the command modules only define commands,
+# and registering them is all this package does with them.
 from redis_events.cli._asyncapi import asyncapi  # noqa: E402
 from redis_events.cli._events import processor, publish, replay  # noqa: E402
+from redis_events.cli._inspect import dead_letters, groups, top  # noqa: E402
 from redis_events.cli._tail import tail  # noqa: E402
 
 main.add_command(asyncapi)
@@ -35,3 +37,6 @@ main.add_command(processor)
 main.add_command(publish)
 main.add_command(replay)
 main.add_command(tail)
+main.add_command(groups)
+main.add_command(dead_letters)
+main.add_command(top)

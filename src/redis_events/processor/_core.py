@@ -120,6 +120,7 @@ class EventProcessor:
         # A profile's created/updated/deleted must not overtake each other;
         # different profiles are still processed concurrently.
         self.subscriber.order_by(c.PROFILE_EVENTS_TOPIC, "profile_id")
+        self.subscriber.report_stats_with(self.get_stats)
 
     def __repr__(self) -> str:
         return f"EventProcessor({self.settings.masked_url!r}, topics={self.topics})"
