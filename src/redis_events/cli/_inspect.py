@@ -9,6 +9,7 @@ are redacted by ``DeadLetter.redacted_data``.
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -20,48 +21,39 @@ from rich.live import Live
 from rich.table import Table
 
 from redis_events.admin import EventAdmin
+from redis_events.cli._common import redis_url_option
+from redis_events.cli._common import run as run_command
 from redis_events.cli._views import (
     Frame,
     consumers_table,
     groups_table,
     render_frame,
 )
-from redis_events.exceptions import RedisEventsError
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
+
+    from anyio.abc import TaskStatus
 
     from redis_events.admin import DeadLetter, StreamInfo
 
 __all__ = ["dead_letters", "groups", "top"]
 
 T = TypeVar("T")
-F = TypeVar("F", bound="Callable[..., Any]")
-
-
-def redis_url_option(function: F) -> F:
-    """Add ``--redis-url`` (default: the environment, as for the library)."""
-    return click.option(
-        "--redis-url",
-        metavar="URL",
-        default=None,
-        help="Redis to inspect, e.g. redis://user:password@host:6379/0. "
-        "Default: REDIS_EVENTS_REDIS_URL or REDIS_URL from the environment, "
-        "else redis://localhost:6379/0.",
-    )(function)
 
 
 def run(redis_url: str | None, work: Callable[[EventAdmin], Awaitable[T]]) -> T:
-    """Run ``work`` with a connected admin; turn library errors into exit 1."""
+    """Run ``work`` with a connected admin; library errors end the command.
+
+    As for every command: exit 2 for a bad topic, id or setting, 1 when Redis
+    is unreachable or refuses.
+    """
 
     async def main() -> T:
         async with EventAdmin(redis_url) as admin:
             return await work(admin)
 
-    try:
-        return anyio.run(main)
-    except RedisEventsError as exc:
-        raise click.ClickException(str(exc)) from None
+    return run_command(main)
 
 
 def print_json(value: object) -> None:
@@ -262,10 +254,40 @@ def top(
                 previous = await _frame(admin, topics, previous, interval)
                 live.update(render_frame(previous), refresh=True)
 
+    async def until_signal() -> None:
+        # The signal receiver is in place before the admin connects, so a
+        # Ctrl-C or SIGTERM at any moment after that ends the loop cleanly.
+        error: Exception | None = None
+        async with anyio.create_task_group() as task_group:
+            await task_group.start(_cancel_on_signal, task_group.cancel_scope)
+            try:
+                async with EventAdmin(redis_url) as admin:
+                    await watch(admin)
+            except Exception as exc:
+                # Raised after the task group, so that it is not wrapped in
+                # an exception group.
+                error = exc
+            finally:
+                task_group.cancel_scope.cancel()
+
+        if error is not None:
+            raise error
+
     try:
-        run(redis_url, watch)
+        run_command(until_signal)
     except KeyboardInterrupt:
+        # Ctrl-C before the signal receiver was installed: still a clean stop.
         sys.exit(0)
+
+
+async def _cancel_on_signal(
+    scope: anyio.CancelScope, *, task_status: TaskStatus[None]
+) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        task_status.started()
+        async for _ in signals:
+            scope.cancel()
+            return
 
 
 async def _frame(
