@@ -273,6 +273,10 @@ def top(
         if error is not None:
             raise error
 
+    if once:
+        run(redis_url, watch)
+        return
+
     try:
         run_command(until_signal)
     except KeyboardInterrupt:
