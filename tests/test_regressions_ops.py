@@ -13,15 +13,24 @@ import signal
 import socket
 import subprocess
 import urllib.error
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
+from opentelemetry import trace
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    SpanContext,
+    TraceFlags,
+    TraceState,
+)
 
-from tests.helpers import poll_until
+from redis_events import EventPublisher, EventSubscriber
+from tests.helpers import RawSubscriber, poll_until, wait_until
 from tests.redis_server import free_port
 from tests.test_cli import PROCESSOR, clean_environment
 from tests.test_cli_events import Tails, invoke, stream_of, tails
 from tests.test_metrics import fetch
+from tests.test_tracing import Strict
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -155,3 +164,55 @@ def answers(port: int, process: subprocess.Popen[bytes]) -> bool:
         return fetch(port, "/metrics")[0] == 200
     except (urllib.error.URLError, OSError):
         return False
+
+
+@pytest.mark.redis
+async def test_traced_pubsub_publish_under_a_long_tracestate_reaches_strict_models(
+    redis_url: str, r: redis.Redis, uid: str
+) -> None:
+    """A tracestate over ~1 KB put "_trace" where subscribers did not look.
+
+    The member was appended whole, so it started before the tail that
+    ``split_json`` searches: models with ``extra="forbid"`` rejected the
+    event and ``dict`` handlers got a ``_trace`` field.
+    """
+    topic, plain = f"ops-trace-{uid}", f"ops-trace-plain-{uid}"
+    subscriber = EventSubscriber(redis_url)
+    subscriber.registry.register(topic, Strict)
+    strict: list[Strict] = []
+    dicts: list[dict[str, Any]] = []
+    subscriber.on(topic)(lambda _, event: strict.append(event))
+    subscriber.on(plain)(lambda _, event: dicts.append(event))
+    publisher = EventPublisher(redis_url, tracing=True)
+    publisher.registry.register(topic, Strict)
+    state = TraceState([(f"vendor{i}", "v" * 200) for i in range(10)])
+    parent = SpanContext(
+        trace_id=0x0AF7651916CD43DD8448EB211C80319C,
+        span_id=0xB7AD6B7169203331,
+        is_remote=True,
+        trace_flags=TraceFlags(TraceFlags.SAMPLED),
+        trace_state=state,
+    )
+    with RawSubscriber(r, topic) as raw:
+        async with subscriber, publisher:
+            with trace.use_span(NonRecordingSpan(parent)):
+                await publisher.publish(topic, Strict(n=7))
+                await publisher.publish(plain, {"n": 8})
+
+            stats = subscriber.get_stats
+            await wait_until(lambda: stats()["events_received"] == 2)
+            await wait_until(
+                lambda: len(strict) + len(dicts) + stats()["invalid_events"] == 2
+            )
+            await raw.aflush()
+
+    assert subscriber.get_stats()["invalid_events"] == 0
+    assert strict == [Strict(n=7)]
+    assert dicts[0]["n"] == 8
+    assert "_trace" not in dicts[0]
+    message = json.loads(raw.messages[0][1])
+    # The trace itself still travels; only the oversized tracestate is left out.
+    assert message["_trace"]["traceparent"].split("-")[1] == (
+        "0af7651916cd43dd8448eb211c80319c"
+    )
+    assert "tracestate" not in message["_trace"]
