@@ -24,7 +24,7 @@ from opentelemetry.trace import (
     TraceState,
 )
 
-from redis_events import EventPublisher, EventSubscriber
+from redis_events import ConfigurationError, EventPublisher, EventSubscriber, Settings
 from tests.helpers import RawSubscriber, poll_until, wait_until
 from tests.redis_server import free_port
 from tests.test_cli import PROCESSOR, clean_environment
@@ -216,3 +216,26 @@ async def test_traced_pubsub_publish_under_a_long_tracestate_reaches_strict_mode
         "0af7651916cd43dd8448eb211c80319c"
     )
     assert "tracestate" not in message["_trace"]
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize(
+    "position", [f"{2**64}-0", f"0-{2**64}", "\u0661\u0667\u0660\u0660-0"]
+)
+def test_an_entry_id_redis_cannot_take_is_a_usage_error(
+    redis_url: str, r: redis.Redis, uid: str, position: str
+) -> None:
+    """An id past 64 bits, or with non-ASCII digits, passed the check.
+
+    Redis then refused it: ``replay`` exited 1 as if Redis had failed, and
+    ``start_from`` was accepted until the group was created.
+    """
+    topic = f"ops-{uid}"
+    r.xadd(stream_of(topic), {"data": '{"n": 1}'})
+
+    result = invoke("replay", topic, "--from", position, "--redis-url", redis_url)
+
+    assert result.exit_code == 2, result.output
+    assert "--from must be new, all, an entry id" in result.output
+    with pytest.raises(ConfigurationError, match="start_from must be"):
+        Settings.from_arguments(redis_url, start_from=position)
