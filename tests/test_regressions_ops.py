@@ -15,6 +15,7 @@ import subprocess
 import urllib.error
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import pytest
 from opentelemetry import trace
 from opentelemetry.trace import (
@@ -24,7 +25,15 @@ from opentelemetry.trace import (
     TraceState,
 )
 
-from redis_events import ConfigurationError, EventPublisher, EventSubscriber, Settings
+from redis_events import (
+    ConfigurationError,
+    EventPublisher,
+    EventSubscriber,
+    Settings,
+    _metrics_http,
+)
+from redis_events.dispatcher import Delivery, Outcome
+from redis_events.metrics import Metrics
 from tests.helpers import RawSubscriber, poll_until, wait_until
 from tests.redis_server import free_port
 from tests.test_cli import PROCESSOR, clean_environment
@@ -44,6 +53,8 @@ __all__ = ["tails"]  # the fixture, imported for the tail tests here
 # A file descriptor limit for the processor under test: enough to start and
 # serve, far below the connections a client can open at it.
 LOW_FD_LIMIT = 64
+# Topics of long names that make /metrics larger than the kernel's buffers.
+BIG_ANSWER_TOPICS = 4000
 
 
 @pytest.mark.redis
@@ -239,3 +250,49 @@ def test_an_entry_id_redis_cannot_take_is_a_usage_error(
     assert "--from must be new, all, an entry id" in result.output
     with pytest.raises(ConfigurationError, match="start_from must be"):
         Settings.from_arguments(redis_url, start_from=position)
+
+
+async def test_a_client_that_stops_reading_metrics_is_cut_off(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client that sent a request and never read held its connection forever.
+
+    Only reading the request had a timeout: with an answer larger than the
+    kernel's buffers, the send never finished, and every such client kept a
+    task and a file descriptor until the server stopped.
+    """
+    monkeypatch.setattr(_metrics_http, "_ANSWER_TIMEOUT", 0.5)
+    metrics = Metrics(max_topics=10_000)
+    for n in range(BIG_ANSWER_TOPICS):
+        # Long label values make an answer of several megabytes.
+        topic = f"ops-a-long-topic-name-to-make-a-large-answer-{n:05}-{'x' * 150}"
+        metrics.received(topic)
+        delivery = Delivery(topic=topic, event={}, pattern=None)
+        metrics.finished(delivery, Outcome.HANDLED, metrics.started(delivery))
+
+    size = len(metrics.render())
+    async with metrics.serving(port=0) as port:
+        with socket.socket() as client:
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            client.connect(("127.0.0.1", port))
+            client.sendall(b"GET /metrics HTTP/1.1\r\n\r\n")
+            await wait_until(
+                lambda: "did not read its answer" in caplog.text, timeout=30
+            )
+            received = await anyio.to_thread.run_sync(read_all, client)
+
+    assert size > 8 * 2**20
+    assert len(received) < size
+
+
+def read_all(client: socket.socket) -> bytes:
+    """Read from ``client`` until the server closes or resets the connection."""
+    client.settimeout(30)
+    data = b""
+    try:
+        while chunk := client.recv(2**16):
+            data += chunk
+    except ConnectionResetError:
+        pass
+
+    return data

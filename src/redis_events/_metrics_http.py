@@ -30,6 +30,8 @@ logger = logging.getLogger("redis_events.metrics")
 _MAX_REQUEST = 8192
 # A client gets this long to send its request line and headers.
 _REQUEST_TIMEOUT = 5.0
+# ... and this long to read the answer, once the kernel's buffers are full.
+_ANSWER_TIMEOUT = 30.0
 # The pause after a failed accept, until connections close and free a file.
 _ACCEPT_RETRY = 0.5
 _REASONS = {
@@ -134,9 +136,18 @@ class MetricsServer:
                 "Connection: close\r\n\r\n"
             ).encode()
             try:
-                await stream.send(header if method == "HEAD" else header + body)
+                with anyio.fail_after(_ANSWER_TIMEOUT):
+                    await stream.send(header if method == "HEAD" else header + body)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 logger.debug("A metrics client left before its answer")
+            except TimeoutError:
+                # A client that stops reading would otherwise hold this
+                # connection (and a file descriptor) for good.
+                logger.warning(
+                    "A metrics client did not read its answer within %s s; "
+                    "closed the connection",
+                    _ANSWER_TIMEOUT,
+                )
 
     async def _respond(self, method: str, path: str) -> tuple[int, str, bytes]:
         if path not in {"/metrics", "/healthz"}:
