@@ -47,6 +47,15 @@ def add_to_json(data: bytes, context: dict[str, str]) -> bytes:
         return data
 
     member = json.dumps(context, separators=(",", ":")).encode()
+    if len(_MEMBER) + len(member) > _TAIL:
+        # Past the tail split_json searches, the member would stay in the
+        # event. W3C Trace Context lets a carrier drop tracestate; the
+        # traceparent (55 characters) always fits.
+        parent = {k: v for k, v in context.items() if k == TRACE_FIELDS[0]}
+        member = json.dumps(parent, separators=(",", ":")).encode()
+        if not parent or len(_MEMBER) + len(member) > _TAIL:
+            return data
+
     if data == b"{}":
         return _ONLY_MEMBER[:-1] + member + b"}"
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Self, cast
 
 import anyio
 from anyio.abc import SocketAttribute
@@ -18,7 +18,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 if TYPE_CHECKING:
     from types import TracebackType
 
-    from anyio.abc import ByteStream, Listener, TaskGroup
+    from anyio.abc import ByteStream, SocketListener, SocketStream, TaskGroup
+    from anyio.streams.stapled import MultiListener
 
     from redis_events.metrics import Metrics
 
@@ -29,6 +30,10 @@ logger = logging.getLogger("redis_events.metrics")
 _MAX_REQUEST = 8192
 # A client gets this long to send its request line and headers.
 _REQUEST_TIMEOUT = 5.0
+# ... and this long to read the answer, once the kernel's buffers are full.
+_ANSWER_TIMEOUT = 30.0
+# The pause after a failed accept, until connections close and free a file.
+_ACCEPT_RETRY = 0.5
 _REASONS = {
     200: "OK",
     404: "Not Found",
@@ -45,7 +50,7 @@ class MetricsServer:
         self._metrics = metrics
         self._host = host
         self._port = port
-        self._listener: Listener[ByteStream] | None = None
+        self._listener: MultiListener[SocketStream] | None = None
         self._task_group: TaskGroup | None = None
         self.port = 0
 
@@ -57,7 +62,12 @@ class MetricsServer:
         self.port = listener.extra(SocketAttribute.local_port)
         task_group = anyio.create_task_group()
         await task_group.__aenter__()
-        task_group.start_soon(listener.serve, self._answer)
+        for each in listener.listeners:
+            # create_tcp_listener makes one socket listener per address.
+            task_group.start_soon(
+                self._accept, cast("SocketListener", each), task_group
+            )
+
         self._task_group = task_group
         logger.info("Serving /metrics and /healthz on %s:%d", self._host, self.port)
         return self
@@ -78,6 +88,23 @@ class MetricsServer:
             if listener is not None:
                 with anyio.CancelScope(shield=True):
                     await listener.aclose()
+
+    async def _accept(self, listener: SocketListener, task_group: TaskGroup) -> None:
+        # Not listener.serve(): its accept error (EMFILE when clients hold
+        # every file descriptor) would end this task group, and with it the
+        # block the server runs around: the subscriber itself.
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                logger.warning(
+                    "Could not accept a metrics connection (%s); retrying",
+                    exc.strerror or type(exc).__name__,
+                )
+                await anyio.sleep(_ACCEPT_RETRY)
+                continue
+
+            task_group.start_soon(self._answer, stream)
 
     async def _answer(self, stream: ByteStream) -> None:
         async with stream:
@@ -109,9 +136,18 @@ class MetricsServer:
                 "Connection: close\r\n\r\n"
             ).encode()
             try:
-                await stream.send(header if method == "HEAD" else header + body)
+                with anyio.fail_after(_ANSWER_TIMEOUT):
+                    await stream.send(header if method == "HEAD" else header + body)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 logger.debug("A metrics client left before its answer")
+            except TimeoutError:
+                # A client that stops reading would otherwise hold this
+                # connection (and a file descriptor) for good.
+                logger.warning(
+                    "A metrics client did not read its answer within %s s; "
+                    "closed the connection",
+                    _ANSWER_TIMEOUT,
+                )
 
     async def _respond(self, method: str, path: str) -> tuple[int, str, bytes]:
         if path not in {"/metrics", "/healthz"}:

@@ -10,7 +10,8 @@ from redis_events.exceptions import ConfigurationError
 __all__ = ["MAX_SEQUENCE", "check_position", "position_to_id"]
 
 MAX_SEQUENCE = 2**64 - 1
-_ENTRY_ID = re.compile(r"\d+(-\d+)?")
+# ASCII digits only: \d also takes other scripts' digits, which Redis refuses.
+_ENTRY_ID = re.compile(r"[0-9]+(-[0-9]+)?")
 
 
 def check_position(value: str, *, name: str = "start_from") -> str:
@@ -41,7 +42,7 @@ def position_to_id(value: str, *, edge: str, name: str = "start_from") -> str:
     if value == "all":
         return "0"
 
-    if _ENTRY_ID.fullmatch(value):
+    if _is_entry_id(value, name=name):
         return value
 
     millis = _millis(value, name=name)
@@ -55,7 +56,7 @@ def position_to_id(value: str, *, edge: str, name: str = "start_from") -> str:
 
 
 def _millis(value: str, *, name: str) -> int:
-    if value in {"new", "all"} or _ENTRY_ID.fullmatch(value):
+    if value in {"new", "all"} or _is_entry_id(value, name=name):
         return 0
 
     if "-" not in value:
@@ -75,6 +76,18 @@ def _millis(value: str, *, name: str) -> int:
         raise _bad(value, name)
 
     return millis
+
+
+def _is_entry_id(value: str, *, name: str) -> bool:
+    if not _ENTRY_ID.fullmatch(value):
+        return False
+
+    # Both parts of an id are 64-bit: Redis refuses a larger one, and that
+    # is a bad setting, not a Redis failure.
+    if any(int(part) > MAX_SEQUENCE for part in value.split("-")):
+        raise _bad(value, name)
+
+    return True
 
 
 def _bad(value: str, name: str) -> ConfigurationError:

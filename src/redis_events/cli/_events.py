@@ -77,13 +77,14 @@ def publish(
         # or not Redis is reachable, and nothing is sent.
         data = registry.encode(validate_topic(topic), body)
         where = stream_key(topic) if settings.transport == "stream" else topic
+        # The encoded form, decoded again, is exactly what subscribers will
+        # get; one they cannot decode (nested too deeply) is not sent.
+        published = registry.decode(topic, data)
     except ConfigurationError as exc:
         fail(str(exc), EXIT_USAGE)
     except EventError as exc:
         fail(f"{exc}; fix the event and publish again", EXIT_USAGE)
 
-    # The encoded form, decoded again, is exactly what subscribers will get.
-    published = registry.decode(topic, data)
     with library_warnings():
         result = run(_publish, settings, registry, topic, published)
 
@@ -141,6 +142,8 @@ def _parse_event(argument: str) -> dict[str, Any]:
             f"{exc.colno}); give a JSON object, or @FILE to read one from a file",
             EXIT_USAGE,
         )
+    except RecursionError:
+        fail(f"{source} is nested too deeply to be an event", EXIT_USAGE)
 
     if not isinstance(value, dict):
         fail(

@@ -58,13 +58,13 @@ class EventPrinter:
 
         header = Text()
         header.append(_when(data), style="dim")
-        header.append(f"  {topic}", style="bold cyan")
-        header.append(f"  {data.get('event_type', '-')}", style="bold")
+        header.append(f"  {_shown(topic)}", style="bold cyan")
+        header.append(f"  {_shown(data.get('event_type', '-'))}", style="bold")
         if entry_id is not None:
-            header.append(f"  entry {entry_id}", style="dim")
+            header.append(f"  entry {_shown(entry_id)}", style="dim")
 
         if pattern is not None:
-            header.append(f"  (pattern {pattern})", style="dim")
+            header.append(f"  (pattern {_shown(pattern)})", style="dim")
 
         if note is not None:
             header.append(f"  {note}", style="green")
@@ -89,11 +89,11 @@ class EventPrinter:
 
         line = Text()
         line.append(_when({}), style="dim")
-        line.append(f"  {topic}", style="bold cyan")
+        line.append(f"  {_shown(topic)}", style="bold cyan")
         if entry_id is not None:
-            line.append(f"  entry {entry_id}", style="dim")
+            line.append(f"  entry {_shown(entry_id)}", style="dim")
 
-        line.append(f"  undecodable: {reason}", style="bold red")
+        line.append(f"  undecodable: {_shown(reason)}", style="bold red")
         with _writing():
             self._console.print(line)
             self._done()
@@ -123,6 +123,19 @@ def _writing() -> Iterator[None]:
         yield
     except BrokenPipeError:
         raise closed_output() from None
+
+
+def _shown(value: object) -> str:
+    """Return ``value`` as text with control characters escaped (\\x1b).
+
+    Channel names (matched by a pattern) and event fields come from whoever
+    publishes: raw, an escape sequence would reach the operator's terminal.
+    """
+    text = str(value)
+    if text.isprintable():
+        return text
+
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
 def _where(topic: str, entry_id: str | None, pattern: str | None) -> dict[str, Any]:
