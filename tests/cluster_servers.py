@@ -95,6 +95,13 @@ class ClusterServers:
         seeds = ",".join(f"127.0.0.1:{node.port}" for node in self.nodes)
         return f"redis+cluster://{seeds}"
 
+    def client(self) -> redis.RedisCluster:
+        """Return a plain synchronous cluster client for looking at state."""
+        node = self.running()[0]
+        return redis.RedisCluster(
+            host="127.0.0.1", port=node.port, socket_timeout=5, decode_responses=True
+        )
+
     def start(self) -> Self:
         """Start every node, create the cluster and wait until it is ok."""
         try:
@@ -128,7 +135,7 @@ class ClusterServers:
             client = node.client()
             try:
                 _wait(
-                    partial(_cluster_ok, client),
+                    partial(_cluster_ok, client, len(self.nodes)),
                     f"node {node.port} did not report cluster_state:ok",
                     timeout,
                 )
@@ -161,6 +168,25 @@ class ClusterServers:
 
         msg = f"no running master serves the slot of {key!r}"
         raise RuntimeError(msg)
+
+    def spread(
+        self, prefix: str, count: int, *, key: Callable[[str], str] = str
+    ) -> list[str]:
+        """Return ``count`` names whose ``key`` is spread evenly over the masters.
+
+        Names that differ in one character often hash to nearby slots
+        (CRC16), so they are picked rather than simply numbered.
+        """
+        masters = {n.port for n in self.running() if _role_of(n) == "master"}
+        by_master: dict[int, list[str]] = {port: [] for port in masters}
+        for n in range(10_000):
+            name = f"{prefix}-{n}"
+            by_master[self.master_of(key(name)).port].append(name)
+            if min(map(len, by_master.values())) * len(masters) >= count:
+                break
+
+        columns = list(by_master.values())
+        return [columns[i % len(columns)][i // len(columns)] for i in range(count)]
 
     def wait_promoted(self, key: str, dead: RedisServer) -> RedisServer:
         """Wait until a running node other than ``dead`` is master for ``key``.
@@ -336,9 +362,23 @@ class SentinelServers:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def _cluster_ok(client: redis.Redis) -> bool:
+def _role_of(node: RedisServer) -> str:
+    client = node.client()
+    try:
+        return _role(client)
+    finally:
+        client.close()
+
+
+def _cluster_ok(client: redis.Redis, nodes: int) -> bool:
+    # Every node must also know every other one, or it may still answer
+    # CLUSTERDOWN or redirect to a node it has not met.
     info: str = _command(client, "CLUSTER", "INFO")
-    return "cluster_state:ok" in info
+    return (
+        "cluster_state:ok" in info
+        and f"cluster_known_nodes:{nodes}" in info
+        and "cluster_slots_ok:16384" in info
+    )
 
 
 def _sentinel_ready(client: redis.Redis) -> bool:
