@@ -310,7 +310,8 @@ class SentinelServers:
         try:
             _wait(
                 lambda: (
-                    "master_link_status:up" in _command(replica, "INFO", "replication")
+                    _command(replica, "INFO", "replication").get("master_link_status")
+                    == "up"
                 ),
                 "the replica did not sync with its master",
             )
@@ -372,15 +373,23 @@ def _role_of(node: RedisServer) -> str:
 
 def _cluster_ok(client: redis.Redis, nodes: int) -> bool:
     # Every node must also know every other one, or it may still answer
-    # CLUSTERDOWN or redirect to a node it has not met.
+    # CLUSTERDOWN or redirect to a node it has not met; and a replica must
+    # have its master's data, or a failover loses what was written before.
     info: str = _command(client, "CLUSTER", "INFO")
-    return (
+    if not (
         "cluster_state:ok" in info
         and f"cluster_known_nodes:{nodes}" in info
         and "cluster_slots_ok:16384" in info
-    )
+    ):
+        return False
+
+    if _role(client) != "slave":
+        return True
+
+    replication: dict[str, Any] = _command(client, "INFO", "replication")
+    return replication.get("master_link_status") == "up"
 
 
 def _sentinel_ready(client: redis.Redis) -> bool:
-    state = _command(client, "SENTINEL", "MASTER", SERVICE)
+    state = _command(client, "SENTINEL MASTER", SERVICE)
     return int(state["num-slaves"]) >= 1 and int(state["num-other-sentinels"]) >= 2

@@ -229,9 +229,17 @@ class ShardedPubSubReader(PubSubReader):
 
         self._replan = anyio.Event()
         self._failure = None
+        # The dispatcher takes one waiting producer at a time, so the
+        # sessions take turns handing frames over.
+        turn = anyio.Lock()
+
+        async def hand_over(frame: Frame) -> None:
+            async with turn:
+                await on_frame(frame)
+
         async with anyio.create_task_group() as group:
             for session in self._sessions.values():
-                group.start_soon(self._read_session, session, on_frame)
+                group.start_soon(self._read_session, session, hand_over)
 
             await self._replan.wait()
             group.cancel_scope.cancel()

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from redis import RedisError
 
-from redis_events._cluster_streams import ShardedStreamConsumer, slot_groups
+from redis_events._cluster_streams import ShardedStreamConsumer
 from redis_events._connection import create_client, translate_error
 from redis_events._keys import DATA_FIELD, stream_key
 from redis_events._positions import position_to_id
@@ -73,11 +73,10 @@ class StreamSession:
             role="sub",
         )
         self.client = create_client(settings, role="sub")
-        # On a cluster, topics of different slots cannot share one read.
-        sharded = (
-            is_cluster(self.client) and len(slot_groups(list(router.channels))) > 1
+        # On a cluster, each slot's topics get their own read loop.
+        consumer_class = (
+            ShardedStreamConsumer if is_cluster(self.client) else StreamConsumer
         )
-        consumer_class = ShardedStreamConsumer if sharded else StreamConsumer
         self.consumer = consumer_class(
             reader=self.reader,
             client=self.client,

@@ -14,14 +14,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import Any, Literal, cast
 from urllib.parse import unquote, urlsplit
 
+from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.sentinel import Sentinel
-
-if TYPE_CHECKING:
-    from redis.asyncio import Redis
 
 __all__ = [
     "CLUSTER_SCHEMES",
@@ -191,10 +189,22 @@ def sentinel_client(topology: Topology, options: dict[str, Any]) -> Redis:
     assert topology.service is not None, "parse_topology() requires a service"
     client: Redis = sentinel.master_for(
         topology.service,
+        redis_class=_SentinelMaster,
         retry=options["retry"],
         max_connections=options["max_connections"],
     )
     return client
+
+
+class _SentinelMaster(Redis):
+    """The master's client, which also closes its connections to the sentinels."""
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        """Close the master's connections and those to the sentinels."""
+        await super().aclose(close_connection_pool)
+        manager = getattr(self.connection_pool, "sentinel_manager", None)
+        for sentinel in getattr(manager, "sentinels", ()):
+            await sentinel.aclose()
 
 
 def is_cluster(client: object) -> bool:
