@@ -188,6 +188,40 @@ class ClusterServers:
         columns = list(by_master.values())
         return [columns[i % len(columns)][i // len(columns)] for i in range(count)]
 
+    def move_slot(self, key: str, target: RedisServer) -> None:
+        """Move ``key``'s slot (and its keys) to the master ``target``.
+
+        The steps of a live resharding: IMPORTING on the target, MIGRATING
+        on the source, MIGRATE of every key, then SETSLOT NODE everywhere.
+        """
+        source = self.master_of(key)
+        clients = {node.port: node.client() for node in self.running()}
+        try:
+            src, dst = clients[source.port], clients[target.port]
+            slot = str(src.cluster("keyslot", key))
+            src_id: str = _command(src, "CLUSTER", "MYID")
+            dst_id: str = _command(dst, "CLUSTER", "MYID")
+            _command(dst, "CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
+            _command(src, "CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
+            while keys := _command(src, "CLUSTER", "GETKEYSINSLOT", slot, "100"):
+                _command(
+                    src,
+                    *("MIGRATE", "127.0.0.1", str(target.port), "", "0", "5000"),
+                    *("KEYS", *keys),
+                )
+
+            for client in [dst, src, *clients.values()]:
+                if _role(client) == "master":
+                    _command(client, "CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+        finally:
+            for client in clients.values():
+                client.close()
+
+        _wait(
+            lambda: self.master_of(key) is target,
+            f"the slot of {key!r} did not move",
+        )
+
     def wait_promoted(self, key: str, dead: RedisServer) -> RedisServer:
         """Wait until a running node other than ``dead`` is master for ``key``.
 

@@ -93,3 +93,50 @@ async def test_patterns_are_refused_on_a_cluster_when_subscribing_while_running(
     async with sub:
         with pytest.raises(ConfigurationError, match="no sharded PSUBSCRIBE"):
             await sub.psubscribe("orders.*", record)
+
+
+async def test_a_subscription_follows_its_slot_to_another_master(
+    redis_cluster: ClusterServers, uid: str
+) -> None:
+    topic = f"moving-{uid}"
+    received: list[int] = []
+    sub = EventSubscriber(redis_cluster.url, reconnect_backoff_cap=0.5)
+
+    @sub.on(topic)
+    async def record(topic: str, event: dict[str, Any]) -> None:
+        received.append(event["n"])
+
+    async with sub, EventPublisher(redis_cluster.url) as pub:
+        await pub.publish(topic, {"n": 0})
+        await wait_until(lambda: received == [0])
+        source = redis_cluster.master_of(topic)
+        target = next(
+            node
+            for node in redis_cluster.running()
+            if node is not source and node.port in masters(redis_cluster)
+        )
+        redis_cluster.move_slot(topic, target)
+        # Redis ends the shard subscription on the old owner; the reader
+        # subscribes again on the new one.
+        await wait_until(lambda: topic in shard_channels(redis_cluster, target.port))
+        for n in range(1, 21):
+            await pub.publish(topic, {"n": n})
+
+        await wait_until(lambda: set(range(1, 21)) <= set(received))
+
+    assert sub.get_stats()["reconnects"] >= 1
+    assert topic not in shard_channels(redis_cluster, source.port)
+
+
+def masters(cluster: ClusterServers) -> set[int]:
+    """Return the ports of the running masters."""
+    ports = set()
+    for node in cluster.running():
+        client = node.client()
+        try:
+            if _command(client, "ROLE")[0] == "master":
+                ports.add(node.port)
+        finally:
+            client.close()
+
+    return ports

@@ -194,3 +194,33 @@ async def test_instances_in_a_group_share_the_shards_and_a_clean_stop_leaves_non
         # Stopped cleanly: no entry is left pending under any of them.
         assert {int(row["pending"]) for row in consumers} == {0}
         assert pending(rc, topic) == 0
+
+
+async def test_consumption_follows_a_topic_whose_slot_moves_to_another_master(
+    redis_cluster: ClusterServers, rc: redis.RedisCluster, uid: str
+) -> None:
+    topic = f"moving-{uid}"
+    handled: Counter[int] = Counter()
+    sub = subscriber(redis_cluster.url)
+
+    @sub.on(topic)
+    async def record(topic: str, event: dict[str, Any]) -> None:
+        handled[event["n"]] += 1
+
+    async with sub, EventPublisher(redis_cluster.url, transport="stream") as pub:
+        await pub.publish_many(topic, [{"n": n} for n in range(50)])
+        await wait_until(lambda: len(handled) == 50)
+        source = redis_cluster.master_of(stream_key(topic))
+        target = next(
+            redis_cluster.master_of(stream_key(other))
+            for other in redis_cluster.spread(f"other-{uid}", 3, key=stream_key)
+            if redis_cluster.master_of(stream_key(other)) is not source
+        )
+        # The stream moves with its group (MIGRATE carries both); reads and
+        # acknowledgements follow the MOVED redirection.
+        redis_cluster.move_slot(stream_key(topic), target)
+        await pub.publish_many(topic, [{"n": n} for n in range(50, 100)])
+        await wait_until(lambda: len(handled) == 100, timeout=20)
+
+    assert set(handled.values()) == {1}
+    assert pending(rc, topic) == 0
