@@ -251,6 +251,9 @@ class ShardedPubSubReader(PubSubReader):
         await self._drop_sessions()
 
     async def _read_session(self, session: _NodeSession, on_frame: OnFrame) -> None:
+        # TODO(cluster-pubsub): no idle PING watchdog as in PubSubReader, so
+        # a frozen (not dead) master is noticed only when its connection
+        # breaks; a killed one is noticed at once.
         try:
             while True:
                 message = await session.pubsub.get_message(timeout=None)

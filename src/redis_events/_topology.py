@@ -180,6 +180,8 @@ def sentinel_client(topology: Topology, options: dict[str, Any]) -> Redis:
     if topology.tls:
         kwargs["ssl"] = True
 
+    # TODO(sentinel-auth): the sentinels get no credentials; sentinels that
+    # require a password (requirepass in sentinel.conf) cannot be used yet.
     sentinel_kwargs = {
         key: options[key] for key in ("socket_connect_timeout", "socket_timeout")
     }
