@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from tests.cluster_servers import ClusterServers, SentinelServers
 from tests.redis_server import RedisServer
 
 if TYPE_CHECKING:
@@ -50,3 +51,27 @@ def r(redis_server: RedisServer) -> Iterator[redis.Redis]:
 def uid() -> str:
     """A short unique suffix so tests sharing a server never collide."""
     return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterServers]:
+    """A 3-master, 3-replica Redis Cluster shared by the session."""
+    cluster = ClusterServers(tmp_path_factory.mktemp("redis-cluster")).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def own_redis_cluster(tmp_path: Path) -> Iterator[ClusterServers]:
+    """A Redis Cluster owned by one test, free to lose nodes."""
+    cluster = ClusterServers(tmp_path / "cluster").start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def own_sentinel_group(tmp_path: Path) -> Iterator[SentinelServers]:
+    """A master, a replica and three sentinels owned by one test."""
+    group = SentinelServers(tmp_path / "sentinel").start()
+    yield group
+    group.stop()

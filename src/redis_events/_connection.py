@@ -15,6 +15,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 
+from redis_events._topology import cluster_client, sentinel_client
 from redis_events.exceptions import (
     ConfigurationError,
     PermissionDeniedError,
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from redis_events.config import Settings
 
 __all__ = [
+    "REDIS_ERRORS",
     "RETRYABLE_ERRORS",
     "Backoff",
     "create_client",
@@ -41,10 +43,28 @@ RETRYABLE_ERRORS: Final = (
     redis_errors.ConnectionError,
     redis_errors.TimeoutError,
     OSError,
+    # A cluster during a failover: the slot's master is down (CLUSTERDOWN),
+    # not yet known to the client (slot not covered), or moving (TRYAGAIN);
+    # or redirections did not settle within the client's TTL (ClusterError).
+    redis_errors.ClusterError,
+    redis_errors.SlotNotCoveredError,
+    redis_errors.TryAgainError,
+)
+# Everything redis-py raises for a failed command, on a server or a cluster.
+REDIS_ERRORS: Final = (
+    redis_errors.RedisError,
+    redis_errors.RedisClusterException,
+    OSError,
 )
 _PERMANENT_ERRORS: Final = (
     redis_errors.AuthenticationError,
     redis_errors.AuthorizationError,
+)
+
+_CLUSTER_ERRORS: Final = (
+    redis_errors.ClusterError,
+    redis_errors.SlotNotCoveredError,
+    redis_errors.TryAgainError,
 )
 
 # One in-process fakeredis server per memory:// URL host, shared by every
@@ -86,8 +106,15 @@ def create_client(settings: Settings, *, role: str) -> Redis:
     if settings.password is not None:
         options["password"] = settings.password.get_secret_value()
 
-    if settings.scheme == "rediss":
+    deployment = settings.deployment
+    if settings.scheme == "rediss" or deployment.tls:
         options.update(settings.ssl_options())
+
+    if deployment.kind == "cluster":
+        return cluster_client(deployment, options)
+
+    if deployment.kind == "sentinel":
+        return sentinel_client(deployment, options)
 
     try:
         pool = BlockingConnectionPool.from_url(settings.redis_url, **options)
@@ -142,6 +169,13 @@ def translate_error(
         return PermissionDeniedError(
             f"Redis at {address} refused the credentials while running "
             f"{operation}{where} ({kind}); check the username and password"
+        )
+
+    if isinstance(exc, _CLUSTER_ERRORS):
+        return RedisUnavailableError(
+            f"{operation}{where} failed: the Redis Cluster at {address} has no "
+            f"reachable master for the slot now ({kind}: {exc}); a failover may "
+            "be in progress, retry later"
         )
 
     if isinstance(exc, RETRYABLE_ERRORS):

@@ -11,10 +11,12 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from redis import RedisError
 
+from redis_events._cluster_streams import ShardedStreamConsumer
 from redis_events._connection import create_client, translate_error
 from redis_events._keys import DATA_FIELD, stream_key
 from redis_events._positions import position_to_id
 from redis_events._streams import StreamConsumer
+from redis_events._topology import is_cluster
 from redis_events.exceptions import ConfigurationError, EventDecodeError
 
 if TYPE_CHECKING:
@@ -71,7 +73,11 @@ class StreamSession:
             role="sub",
         )
         self.client = create_client(settings, role="sub")
-        self.consumer = StreamConsumer(
+        # On a cluster, each slot's topics get their own read loop.
+        consumer_class = (
+            ShardedStreamConsumer if is_cluster(self.client) else StreamConsumer
+        )
+        self.consumer = consumer_class(
             reader=self.reader,
             client=self.client,
             settings=settings,

@@ -12,22 +12,24 @@ import ssl
 from typing import Annotated, Any, Literal, Self
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
-from pydantic import (
-    AliasChoices,
-    Field,
-    SecretStr,
-    field_validator,
-    model_validator,
-)
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from redis_events import _constants as c
 from redis_events._positions import check_position
+from redis_events._topology import (
+    CLUSTER_SCHEMES,
+    SENTINEL_SCHEMES,
+    Topology,
+    parse_topology,
+)
 from redis_events.exceptions import ConfigurationError
 
 __all__ = ["Settings", "mask_url"]
 
-SUPPORTED_SCHEMES = frozenset({"redis", "rediss", "unix", "memory"})
+SUPPORTED_SCHEMES = frozenset(
+    {"redis", "rediss", "unix", "memory", *CLUSTER_SCHEMES, *SENTINEL_SCHEMES}
+)
 
 PositiveFloat = Annotated[float, Field(gt=0)]
 
@@ -54,7 +56,18 @@ class Settings(BaseSettings):
         # name itself still works as a keyword (populate_by_name).
         validation_alias=AliasChoices("REDIS_EVENTS_REDIS_URL", "REDIS_URL"),
         repr=False,
-        description="redis://, rediss://, unix:// or memory:// URL.",
+        description="redis://, rediss://, unix://, memory://, "
+        "redis+cluster:// or redis+sentinel:// URL.",
+    )
+    topology: Literal["auto", "standalone", "cluster", "sentinel"] = Field(
+        default="auto",
+        description="auto: from the URL scheme; cluster or sentinel make a "
+        "redis:// URL's host the seed node or the sentinel.",
+    )
+    sentinel_service: str | None = Field(
+        default=None,
+        pattern=r"^[!-~]{1,128}$",
+        description="Sentinel service name, when not in the URL's path.",
     )
     client_name: str = Field(
         default=c.DEFAULT_CLIENT_NAME,
@@ -159,7 +172,8 @@ class Settings(BaseSettings):
     def _check_url(cls, value: str) -> str:
         parts = urlsplit(value)
         try:
-            _ = parts.port
+            if "," not in parts.netloc:
+                _ = parts.port
         except ValueError:
             msg = "the port in the Redis URL must be a number from 0 to 65535"
             raise ValueError(msg) from None
@@ -175,12 +189,33 @@ class Settings(BaseSettings):
             raise ValueError(msg)
 
         scheme = parts.scheme
+        if scheme in CLUSTER_SCHEMES or scheme in SENTINEL_SCHEMES:
+            return value
+
         if scheme not in SUPPORTED_SCHEMES:
             supported = ", ".join(f"{s}://" for s in sorted(SUPPORTED_SCHEMES))
             msg = f"unsupported Redis URL scheme {scheme!r}; use one of {supported}"
             raise ValueError(msg)
 
         return value
+
+    @model_validator(mode="after")
+    def _check_topology(self) -> Settings:
+        self.deployment  # noqa: B018  # parsed here so that a bad URL fails early
+        return self
+
+    @property
+    def deployment(self) -> Topology:
+        """The deployment the URL and ``topology`` name.
+
+        Raises:
+            ValueError: They do not name a usable deployment.
+        """
+        return parse_topology(
+            self.redis_url,
+            topology=self.topology,
+            sentinel_service=self.sentinel_service,
+        )
 
     @property
     def masked_url(self) -> str:

@@ -8,10 +8,10 @@ import weakref
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import anyio
-from redis import RedisError
 
 from redis_events import _constants as c
 from redis_events._connection import (
+    REDIS_ERRORS,
     Backoff,
     create_client,
     is_retryable,
@@ -20,6 +20,7 @@ from redis_events._connection import (
 from redis_events._endpoint import Endpoint
 from redis_events._envelope import add_to_json, to_fields
 from redis_events._keys import DATA_FIELD, stream_key
+from redis_events._topology import is_cluster
 from redis_events.codec import validate_topic
 from redis_events.events import (
     KeySubmitted,
@@ -109,7 +110,7 @@ class EventPublisher(Endpoint):
         client = self._ensure_client()
         try:
             await client.ping()
-        except (RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             raise translate_error(
                 exc, operation="PING", settings=self.settings
             ) from exc
@@ -185,7 +186,7 @@ class EventPublisher(Endpoint):
                 data = add_to_json(data, context)
 
             result = await self._retrying(
-                "PUBLISH", topic, lambda client: client.publish(topic, data)
+                "PUBLISH", topic, lambda client: _publish(client, topic, data)
             )
 
         self._events_published += 1
@@ -236,6 +237,7 @@ class EventPublisher(Endpoint):
         maxlen = self._maxlen(topic)
 
         async def send(client: Redis) -> list[Any]:
+            cluster = is_cluster(client)
             async with client.pipeline(transaction=False) as pipe:
                 for data in payloads:
                     if self._stream:
@@ -245,6 +247,8 @@ class EventPublisher(Endpoint):
                             maxlen=maxlen,
                             approximate=True,
                         )
+                    elif cluster:
+                        pipe.spublish(topic, data)
                     else:
                         pipe.publish(topic, data)
 
@@ -326,7 +330,7 @@ class EventPublisher(Endpoint):
         try:
             try:
                 return await call(client)
-            except (RedisError, OSError) as exc:
+            except REDIS_ERRORS as exc:
                 first_error = exc
 
             deadline = started + self.settings.publish_retry_timeout
@@ -344,7 +348,7 @@ class EventPublisher(Endpoint):
         topic: str,
         call: Callable[[Redis], Awaitable[T]],
         client: Redis,
-        error: RedisError | OSError,
+        error: BaseException,
         deadline: float,
     ) -> T:
         backoff = Backoff(base=_RETRY_BASE, cap=_RETRY_CAP)
@@ -374,8 +378,17 @@ class EventPublisher(Endpoint):
 
             try:
                 return await call(client)
-            except (RedisError, OSError) as exc:
+            except REDIS_ERRORS as exc:
                 error = exc
+
+
+def _publish(client: Redis, channel: str, data: bytes) -> Awaitable[int]:
+    # On a cluster, SPUBLISH keeps a topic's traffic on the shard that owns
+    # its slot; a PUBLISH would be copied to every node of the cluster.
+    if is_cluster(client):
+        return client.spublish(channel, data)
+
+    return client.publish(channel, data)
 
 
 _shared: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, EventPublisher] = (

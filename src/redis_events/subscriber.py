@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Self
 import anyio
 from redis import RedisError
 
+from redis_events._cluster_pubsub import PATTERNS_REFUSED, ShardedPubSubReader
 from redis_events._connection import create_client, translate_error
 from redis_events._endpoint import Endpoint
 from redis_events._instances import InstanceReporter, reporting
@@ -20,6 +21,7 @@ from redis_events._stream_session import (
     group_info,
     replay,
 )
+from redis_events._topology import is_cluster
 from redis_events.codec import validate_topic
 from redis_events.dispatcher import Delivery, Dispatcher, Handler, Stats
 from redis_events.dispatcher import current_delivery as _current_delivery
@@ -161,6 +163,7 @@ class EventSubscriber(Endpoint):
         """
         self._check_not_running("on_pattern")
         self._check_pubsub("on_pattern")
+        self._check_not_cluster()
         names = [validate_topic(pattern) for pattern in patterns]
 
         def register(handler: Handler) -> Handler:
@@ -218,6 +221,7 @@ class EventSubscriber(Endpoint):
             PermissionDeniedError: Redis refused the subscription.
         """
         self._check_pubsub("psubscribe")
+        self._check_not_cluster()
         table = self._router.patterns
         first = self._router.add(table, validate_topic(pattern), handler)
         if first and self._reader is not None:
@@ -447,7 +451,9 @@ class EventSubscriber(Endpoint):
             return
 
         client = create_client(self.settings, role="sub")
-        reader = PubSubReader(client, self.settings, self._stats)
+        # On a cluster, topics are shard channels (SSUBSCRIBE).
+        reader_class = ShardedPubSubReader if is_cluster(client) else PubSubReader
+        reader = reader_class(client, self.settings, self._stats)
         # Set before the first await, so that a second run() is refused and
         # a subscribe() made meanwhile reaches the reader.
         self._reader, self._client = reader, client
@@ -587,6 +593,10 @@ class EventSubscriber(Endpoint):
         if self.settings.transport == "stream":
             msg = f"{method}() works on the pub/sub transport only, not on streams"
             raise ConfigurationError(msg)
+
+    def _check_not_cluster(self) -> None:
+        if self.settings.deployment.kind == "cluster":
+            raise ConfigurationError(PATTERNS_REFUSED)
 
     def _check_not_running(self, method: str) -> None:
         if self.running:

@@ -84,7 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--redis-url",
-        help="Redis URL: redis://, rediss://, unix:// or memory:// "
+        help="Redis URL: redis://, rediss://, unix://, memory://, "
+        "redis+cluster://host:port[,host:port...] or "
+        "redis+sentinel://host:port[,host:port...]/service "
         f"(env REDIS_URL or REDIS_EVENTS_REDIS_URL; default {c.DEFAULT_REDIS_URL})",
     )
     parser.add_argument(
