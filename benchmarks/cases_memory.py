@@ -150,7 +150,7 @@ async def raw_slow_pubsub(url: str, sizes: Sizes) -> Sample:
 
     await limited.wait()
     await feeder.finish()
-    await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped upstream
+    await pubsub.aclose()
     await client.aclose()
     return sample
 

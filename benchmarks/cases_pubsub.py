@@ -64,7 +64,7 @@ async def raw_pubsub(url: str, sizes: Sizes, *, timed: bool = False) -> Sample:
         sent, first = await feeder.run(tally)
         tg.cancel_scope.cancel()
 
-    await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped upstream
+    await pubsub.aclose()
     await client.aclose()
     return tally.sample(sent, first)
 

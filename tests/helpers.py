@@ -72,7 +72,7 @@ class RawSubscriber:
                 connection_class=pool.connection_class, **options
             )
         )
-        self._pubsub = self._client.pubsub()  # type: ignore[no-untyped-call]  # untyped upstream
+        self._pubsub = self._client.pubsub()
         self._channels = channels
         self._lock = threading.Lock()
         self._messages: list[tuple[str, str]] = []

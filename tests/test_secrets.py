@@ -170,7 +170,7 @@ def debug_log() -> Iterator[LogCapture]:
     # redis-py sets up its "push_response" logger (level INFO, with its own
     # stderr handler) when the first PubSub is made; make one now, so that
     # this logger exists and is set to DEBUG below like every other one.
-    redis.Redis(protocol=2).pubsub().close()  # type: ignore[no-untyped-call]  # untyped upstream
+    redis.Redis(protocol=2).pubsub().close()
     root = logging.getLogger()
     loggers = [root] + [
         item

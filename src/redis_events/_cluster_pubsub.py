@@ -102,7 +102,7 @@ class _NodeSession:
             except REDIS_ERRORS:
                 pass
 
-        await self.pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped upstream
+        await self.pubsub.aclose()
         await self.client.aclose()
 
 

@@ -490,4 +490,4 @@ async def _close(pubsub: PubSub) -> None:
         with contextlib.suppress(RedisError, OSError):
             await connection.disconnect()
 
-    await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped upstream
+    await pubsub.aclose()

@@ -185,7 +185,7 @@ def sentinel_client(topology: Topology, options: dict[str, Any]) -> Redis:
     sentinel_kwargs = {
         key: options[key] for key in ("socket_connect_timeout", "socket_timeout")
     }
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]  # untyped upstream
+    sentinel = Sentinel(
         list(topology.addresses), sentinel_kwargs=sentinel_kwargs, **kwargs
     )
     assert topology.service is not None, "parse_topology() requires a service"
