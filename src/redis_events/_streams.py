@@ -77,6 +77,7 @@ class StreamConsumer:
         self._stats = stats
         self._topics = {stream_key(topic): topic for topic in topics}
         self._keys = {topic: key for key, topic in self._topics.items()}
+        self._new_entries: dict[KeyT, StreamIdT] = dict.fromkeys(self._topics, ">")
         self.consumer = consumer
         self.group = settings.group
         self.settler = Settler(client, settings, stats, consumer)
@@ -193,7 +194,7 @@ class StreamConsumer:
         reply = await self._reader.xreadgroup(
             self.group,
             self.consumer,
-            dict.fromkeys(self._topics, ">"),
+            self._new_entries,
             count=min(self._settings.read_count, free),
             block=int(block * 1000),
         )
@@ -202,11 +203,6 @@ class StreamConsumer:
                 self._last_read[key] = _text(entries[-1][0])
 
             await self._deliver_held(key, entries, {}, on_delivery)
-
-    def _hold(self, key: str, entries: list[Entry]) -> None:
-        # The whole batch counts as in flight from now on, so that entries
-        # waiting for a slot are kept fresh too and never claimed away.
-        self._in_flight[key].update(_text(entry[0]) for entry in entries)
 
     async def keep_alive(self) -> None:
         """Keep this consumer's entries in flight from being claimed, forever.
@@ -337,15 +333,18 @@ class StreamConsumer:
         not handed over are released, so that they can be claimed again
         instead of being kept fresh forever by the keep-alive.
         """
-        self._hold(key, entries)
+        ids = [_text(raw_id) for raw_id, _ in entries]
+        # The whole batch counts as in flight from now on, so that entries
+        # waiting for a slot are kept fresh too and never claimed away.
+        self._in_flight[key].update(ids)
         delivered = 0
         try:
-            for entry in entries:
-                await self._deliver(key, entry, counts.get(entry[0], 1), on_delivery)
+            for entry_id, (raw_id, fields) in zip(ids, entries, strict=True):
+                count = counts.get(raw_id, 1) if counts else 1
+                await self._deliver(key, entry_id, fields, count, on_delivery)
                 delivered += 1
         finally:
-            for raw_id, _ in entries[delivered:]:
-                self._in_flight[key].discard(_text(raw_id))
+            self._in_flight[key].difference_update(ids[delivered:])
 
     async def _delivery_counts(self, key: str, ids: list[bytes]) -> dict[bytes, int]:
         async with self._client.pipeline(transaction=False) as pipe:
@@ -362,10 +361,13 @@ class StreamConsumer:
         return counts
 
     async def _deliver(
-        self, key: str, entry: Entry, count: int, on_delivery: OnDelivery
+        self,
+        key: str,
+        entry_id: str,
+        fields: dict[bytes, bytes] | None,
+        count: int,
+        on_delivery: OnDelivery,
     ) -> None:
-        raw_id, fields = entry
-        entry_id = _text(raw_id)
         topic = self._topics[key]
         if fields is None:
             self._in_flight[key].discard(entry_id)
@@ -500,7 +502,10 @@ def _entry(raw: Any) -> Entry:
     entry_id, fields = raw
     # redis-py turns the nil body of a deleted entry into {} (an XADD always
     # has at least one field), so an empty body means "gone".
-    return _bytes(entry_id), (dict(fields) if fields else None)
+    if not fields:
+        return _bytes(entry_id), None
+
+    return _bytes(entry_id), (fields if isinstance(fields, dict) else dict(fields))
 
 
 async def _one_slot() -> int:
