@@ -240,16 +240,15 @@ class PubSubReader:
             try:
                 while True:
                     try:
-                        message = await pubsub.get_message(timeout=None)
+                        response = await pubsub.parse_response(block=True)
                     except ResponseError as exc:
                         self._refused(exc)
                         continue
 
                     self._activity += 1
-                    if message is not None:
-                        received = self._frame(message)
-                        if received is not None:
-                            await on_frame(received)
+                    received = await self._next_frame(pubsub, response)
+                    if received is not None:
+                        await on_frame(received)
             except RETRYABLE_ERRORS as exc:
                 error = exc
                 task_group.cancel_scope.cancel()
@@ -259,6 +258,24 @@ class PubSubReader:
 
         msg = "no reply to PING within the health-check interval"
         raise HealthCheckFailedError(msg)
+
+    async def _next_frame(self, pubsub: PubSub, response: Any) -> Frame | None:
+        """Return the message in ``response``, if it is one.
+
+        A published message is taken straight from the reply; anything else
+        goes through ``PubSub.handle_message``, which keeps redis-py's own
+        account of the subscriptions.
+        """
+        if type(response) is list:
+            kind = response[0]
+            if kind == b"message" and len(response) == 3:
+                return Frame(response[1], None, response[2], self.generation)
+
+            if kind == b"pmessage" and len(response) == 4:
+                return Frame(response[2], response[1], response[3], self.generation)
+
+        message = await pubsub.handle_message(response)  # type: ignore[no-untyped-call]  # untyped upstream
+        return self._frame(message) if message is not None else None
 
     def _frame(self, message: dict[str, Any]) -> Frame | None:
         kind = message["type"]

@@ -118,6 +118,14 @@ class Router:
         self, frame: Frame, reader: PubSubReader, dispatcher: Dispatcher
     ) -> None:
         """Submit ``frame`` to every handler that has not seen its publish."""
+        if frame.pattern is None and not self.patterns:
+            # Without patterns, a publish reaches this connection once: no
+            # frames to group, and the channel's name was checked when it
+            # was subscribed to.
+            self._stats.events_received += 1
+            await self._route_direct(frame, reader, dispatcher)
+            return
+
         group = self._group
         if not group.takes(frame):
             group = self._group = _Group(frame)
@@ -149,15 +157,50 @@ class Router:
             event=event,
             pattern=frame.pattern.decode() if frame.pattern is not None else None,
         )
-        order = self._ordering.get(topic)
-        for handler in todo:
-            group.called.append(handler)
-            key = (handler, order(event)) if order is not None else None
+        group.called.extend(todo)
+        await self._submit(todo, delivery, reader, dispatcher)
+
+    async def _route_direct(
+        self, frame: Frame, reader: PubSubReader, dispatcher: Dispatcher
+    ) -> None:
+        topic = frame.channel.decode(errors="replace")
+        handlers = self.channels.get(topic)
+        if not handlers:
+            self._stats.unrouted_events += 1
+            return
+
+        try:
+            event = self.registry.decode(topic, frame.data)
+        except EventDecodeError as exc:
+            self._rejected(topic, exc)
+            return
+
+        await self._submit(list(handlers), Delivery(topic, event), reader, dispatcher)
+
+    async def _submit(
+        self,
+        handlers: list[Handler],
+        delivery: Delivery,
+        reader: PubSubReader,
+        dispatcher: Dispatcher,
+    ) -> None:
+        order = self._ordering.get(delivery.topic)
+        for handler in handlers:
+            key = (handler, order(delivery.event)) if order is not None else None
             reader.stalled = True
             try:
                 await dispatcher.submit(handler, delivery, key=key)
             finally:
                 reader.stalled = False
+
+    def _rejected(self, topic: str, exc: EventDecodeError) -> None:
+        self._stats.invalid_events += 1
+        logger.warning(
+            "Rejected an event on %s: %s",
+            topic,
+            exc.reason,
+            extra={"topic": topic},
+        )
 
     def _topic(self, frame: Frame, group: _Group) -> str | None:
         try:
@@ -185,13 +228,7 @@ class Router:
                 group.decoded = self.registry.decode(topic, frame.data)
             except EventDecodeError as exc:
                 group.decoded = exc
-                self._stats.invalid_events += 1
-                logger.warning(
-                    "Rejected an event on %s: %s",
-                    topic,
-                    exc.reason,
-                    extra={"topic": topic},
-                )
+                self._rejected(topic, exc)
 
         if isinstance(group.decoded, EventDecodeError):
             return None
