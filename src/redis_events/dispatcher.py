@@ -371,7 +371,10 @@ class Dispatcher:
         assert job is not None, "a job is in flight"
         self._stats.in_flight -= 1
         self._accepted -= 1
-        self._freed.set()
+        if self._accepted == self._limit - 1:
+            # Only a full dispatcher has waiters: wake them at the first slot.
+            self._freed.set()
+
         self._report(job[1], outcome)
         worker.job = self._next_for_key(job[2])
 
