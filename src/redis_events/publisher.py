@@ -19,6 +19,7 @@ from redis_events._connection import (
 )
 from redis_events._endpoint import Endpoint
 from redis_events._keys import DATA_FIELD, stream_key
+from redis_events._packed import publish_packed
 from redis_events.codec import validate_topic
 from redis_events.events import (
     KeySubmitted,
@@ -194,6 +195,10 @@ class EventPublisher(Endpoint):
         maxlen = self._maxlen(topic)
 
         async def send(client: Redis) -> list[Any]:
+            if not self._stream:
+                with anyio.fail_after(self.settings.socket_timeout):
+                    return await publish_packed(client, topic, payloads)
+
             async with client.pipeline(transaction=False) as pipe:
                 for data in payloads:
                     if self._stream:
