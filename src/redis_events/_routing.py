@@ -123,7 +123,10 @@ class Router:
             # frames to group, and the channel's name was checked when it
             # was subscribed to.
             self._stats.events_received += 1
-            await self._route_direct(frame, reader, dispatcher)
+            routed = self._route_direct(frame)
+            if routed is not None:
+                await self._submit(routed[0], routed[1], reader, dispatcher)
+
             return
 
         group = self._group
@@ -160,22 +163,20 @@ class Router:
         group.called.extend(todo)
         await self._submit(todo, delivery, reader, dispatcher)
 
-    async def _route_direct(
-        self, frame: Frame, reader: PubSubReader, dispatcher: Dispatcher
-    ) -> None:
+    def _route_direct(self, frame: Frame) -> tuple[list[Handler], Delivery] | None:
         topic = frame.channel.decode(errors="replace")
         handlers = self.channels.get(topic)
         if not handlers:
             self._stats.unrouted_events += 1
-            return
+            return None
 
         try:
             event = self.registry.decode(topic, frame.data)
         except EventDecodeError as exc:
             self._rejected(topic, exc)
-            return
+            return None
 
-        await self._submit(list(handlers), Delivery(topic, event), reader, dispatcher)
+        return list(handlers), Delivery(topic, event)
 
     async def _submit(
         self,

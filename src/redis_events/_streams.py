@@ -341,7 +341,10 @@ class StreamConsumer:
         try:
             for entry_id, (raw_id, fields) in zip(ids, entries, strict=True):
                 count = counts.get(raw_id, 1) if counts else 1
-                await self._deliver(key, entry_id, fields, count, on_delivery)
+                delivery = self._prepare(key, entry_id, fields, count)
+                if delivery is not None:
+                    await on_delivery(delivery)
+
                 delivered += 1
         finally:
             self._in_flight[key].difference_update(ids[delivered:])
@@ -360,19 +363,15 @@ class StreamConsumer:
 
         return counts
 
-    async def _deliver(
-        self,
-        key: str,
-        entry_id: str,
-        fields: dict[bytes, bytes] | None,
-        count: int,
-        on_delivery: OnDelivery,
-    ) -> None:
+    def _prepare(
+        self, key: str, entry_id: str, fields: dict[bytes, bytes] | None, count: int
+    ) -> Delivery | None:
+        """Return the delivery of an entry, or settle what cannot be delivered."""
         topic = self._topics[key]
         if fields is None:
             self._in_flight[key].discard(entry_id)
             self._missing(key, entry_id)
-            return
+            return None
 
         data = fields.get(DATA_FIELD)
         self.settler.remember(key, entry_id, fields)
@@ -381,24 +380,23 @@ class StreamConsumer:
         self._stats.events_received += 1
         if data is None:
             self._reject(key, topic, entry_id, "no 'data' field", count)
-            return
+            return None
 
         if count > self._settings.max_deliveries:
             reason = f"delivered {count} times, more than max_deliveries"
             self._in_flight[key].discard(entry_id)
             self.settler.dead_letter(key, topic, entry_id, reason, count)
-            return
+            return None
 
         try:
             event = self._registry.decode(topic, data)
         except EventDecodeError as exc:
             self._reject(key, topic, entry_id, exc.reason, count)
-            return
+            return None
 
-        delivery = Delivery(
+        return Delivery(
             topic=topic, event=event, delivery_id=entry_id, delivery_count=count
         )
-        await on_delivery(delivery)
 
     def _reject(
         self, key: str, topic: str, entry_id: str, reason: str, count: int
