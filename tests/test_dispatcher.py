@@ -390,3 +390,130 @@ def test_stats_as_dict_lists_every_counter_and_the_extras() -> None:
         "reconnect_attempts",
         "in_flight",
     }
+
+
+async def test_a_burst_of_keyed_jobs_keeps_each_keys_order() -> None:
+    stats = Stats()
+    seen: dict[int, list[int]] = {0: [], 1: [], 2: []}
+
+    async def handler(topic: str, event: dict[str, int]) -> None:
+        if event["n"] % 5 == 0:
+            await anyio.lowlevel.checkpoint()
+
+        seen[event["n"] % 3].append(event["n"])
+
+    dispatcher = _dispatcher(stats, max_concurrency=4)
+    async with dispatcher.running():
+        for n in range(300):
+            await dispatcher.submit(handler, _delivery(n), key=n % 3)
+
+    for key, numbers in seen.items():
+        assert numbers == list(range(key, 300, 3))
+
+    assert stats.events_handled == 300
+    assert stats.in_flight == 0
+
+
+async def test_every_call_over_its_timeout_is_cut_and_workers_go_on() -> None:
+    stats = Stats()
+    outcomes: dict[str, Outcome] = {}
+
+    async def handler(topic: str, event: dict[str, int]) -> None:
+        if event["n"] % 2 == 0:
+            await anyio.sleep(30)
+
+    dispatcher = _dispatcher(
+        stats,
+        max_concurrency=2,
+        handler_timeout=0.1,
+        on_outcome=lambda d, o: outcomes.update({str(d.event_id): o}),
+    )
+    with anyio.fail_after(10):
+        async with dispatcher.running():
+            for n in range(8):
+                await dispatcher.submit(handler, _delivery(n))
+
+    assert stats.handler_timeouts == 4
+    assert stats.events_handled == 4
+    assert stats.handlers_cancelled == 0
+    assert outcomes == {
+        f"e{n}": Outcome.TIMED_OUT if n % 2 == 0 else Outcome.HANDLED for n in range(8)
+    }
+
+
+async def test_a_timeout_still_cuts_a_call_during_the_shutdown_drain() -> None:
+    stats = Stats()
+    outcomes: list[Outcome] = []
+
+    async def handler(topic: str, event: dict[str, int]) -> None:
+        await anyio.sleep(30)
+
+    dispatcher = _dispatcher(
+        stats,
+        handler_timeout=0.2,
+        shutdown_timeout=20,
+        on_outcome=lambda d, o: outcomes.append(o),
+    )
+    with anyio.fail_after(10):
+        async with dispatcher.running():
+            await dispatcher.submit(handler, _delivery(0))
+
+    assert outcomes == [Outcome.TIMED_OUT]
+    assert stats.handler_timeouts == 1
+    assert stats.handlers_cancelled == 0
+
+
+async def test_a_timed_out_keyed_job_lets_the_next_of_its_key_run() -> None:
+    stats = Stats()
+    finished: list[int] = []
+
+    async def handler(topic: str, event: dict[str, int]) -> None:
+        if event["n"] == 0:
+            await anyio.sleep(30)
+
+        finished.append(event["n"])
+
+    dispatcher = _dispatcher(stats, handler_timeout=0.2)
+    with anyio.fail_after(10):
+        async with dispatcher.running():
+            for n in range(3):
+                await dispatcher.submit(handler, _delivery(n), key="same")
+
+    assert finished == [1, 2]
+    assert stats.handler_timeouts == 1
+    assert stats.events_handled == 2
+
+
+async def test_backpressure_holds_while_quick_jobs_are_queued() -> None:
+    stats = Stats()
+    gate = anyio.Event()
+    submitted = 0
+
+    async def handler(topic: str, event: dict[str, int]) -> None:
+        await gate.wait()
+
+    dispatcher = _dispatcher(stats, max_concurrency=5)
+    async with dispatcher.running(), anyio.create_task_group() as tg:
+
+        async def submit_all() -> None:
+            nonlocal submitted
+            for n in range(20):
+                await dispatcher.submit(handler, _delivery(n))
+                submitted += 1
+
+        tg.start_soon(submit_all)
+        await wait_until(lambda: stats.in_flight == 5)
+        await anyio.wait_all_tasks_blocked()
+        assert submitted == 5
+        assert await _room_now(dispatcher) is None
+        gate.set()
+
+    assert stats.events_handled == 20
+    assert stats.in_flight == 0
+
+
+async def _room_now(dispatcher: Dispatcher) -> int | None:
+    with anyio.move_on_after(0.05):
+        return await dispatcher.room()
+
+    return None

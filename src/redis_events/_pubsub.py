@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import anyio
 from redis import RedisError
@@ -46,13 +46,13 @@ class HealthCheckFailedError(Exception):
     """An idle PING got no answer in time: the server is frozen or gone."""
 
 
-@dataclass(slots=True, frozen=True)
-class Frame:
+class Frame(NamedTuple):
     """One message as Redis sent it to this connection.
 
     ``generation`` changes with every reconnect and every change of the
     subscriptions that Redis has confirmed, so frames on either side of such
-    a change are never mistaken for copies of one publish.
+    a change are never mistaken for copies of one publish. A named tuple:
+    one is made per message, and a tuple is the cheapest to make.
     """
 
     channel: bytes
@@ -232,24 +232,34 @@ class PubSubReader:
         for frame in early:
             await on_frame(frame)
 
-        # Reads block without a timeout: a timeout per read costs more than
-        # the read itself. A watchdog task notices silence instead.
+        # Reads block without a timeout (math.inf, redis-py's documented
+        # opt-in): a timeout per read costs more than the read itself. A
+        # watchdog task notices silence instead. The connection is read
+        # directly, as PubSub.parse_response would read it, without its
+        # retry wrapper: this client never retries, and reconnecting is
+        # this reader's job.
+        connection = pubsub.connection
+        assert connection is not None, "a subscribed PubSub has a connection"
+        read = connection.read_response
         error: BaseException | None = None
         async with anyio.create_task_group() as task_group:
             task_group.start_soon(self._watch, pubsub, task_group.cancel_scope)
             try:
                 while True:
                     try:
-                        message = await pubsub.get_message(timeout=None)
+                        response = await read(
+                            timeout=math.inf,
+                            disconnect_on_error=False,
+                            push_request=True,
+                        )
                     except ResponseError as exc:
                         self._refused(exc)
                         continue
 
                     self._activity += 1
-                    if message is not None:
-                        received = self._frame(message)
-                        if received is not None:
-                            await on_frame(received)
+                    received = await self._next_frame(pubsub, response)
+                    if received is not None:
+                        await on_frame(received)
             except RETRYABLE_ERRORS as exc:
                 error = exc
                 task_group.cancel_scope.cancel()
@@ -259,6 +269,24 @@ class PubSubReader:
 
         msg = "no reply to PING within the health-check interval"
         raise HealthCheckFailedError(msg)
+
+    async def _next_frame(self, pubsub: PubSub, response: Any) -> Frame | None:
+        """Return the message in ``response``, if it is one.
+
+        A published message is taken straight from the reply; anything else
+        goes through ``PubSub.handle_message``, which keeps redis-py's own
+        account of the subscriptions.
+        """
+        if type(response) is list:
+            kind = response[0]
+            if kind == b"message" and len(response) == 3:
+                return Frame(response[1], None, response[2], self.generation)
+
+            if kind == b"pmessage" and len(response) == 4:
+                return Frame(response[2], response[1], response[3], self.generation)
+
+        message = await pubsub.handle_message(response)  # type: ignore[no-untyped-call]  # untyped upstream
+        return self._frame(message) if message is not None else None
 
     def _frame(self, message: dict[str, Any]) -> Frame | None:
         kind = message["type"]

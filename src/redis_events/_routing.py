@@ -128,6 +128,17 @@ class Router:
         self, frame: Frame, reader: PubSubReader, dispatcher: Dispatcher
     ) -> None:
         """Submit ``frame`` to every handler that has not seen its publish."""
+        if frame.pattern is None and not self.patterns:
+            # Without patterns, a publish reaches this connection once: no
+            # frames to group, and the channel's name was checked when it
+            # was subscribed to.
+            self._stats.events_received += 1
+            routed = self._route_direct(frame)
+            if routed is not None:
+                await self._submit(routed[0], routed[1], reader, dispatcher)
+
+            return
+
         group = self._group
         new = not group.takes(frame)
         if new:
@@ -164,15 +175,51 @@ class Router:
             pattern=frame.pattern.decode() if frame.pattern is not None else None,
             trace_context=group.trace,
         )
-        order = self._ordering.get(topic)
-        for handler in todo:
-            group.called.append(handler)
-            key = (handler, order(event)) if order is not None else None
+        group.called.extend(todo)
+        await self._submit(todo, delivery, reader, dispatcher)
+
+    def _route_direct(self, frame: Frame) -> tuple[list[Handler], Delivery] | None:
+        topic = frame.channel.decode(errors="replace")
+        handlers = self.channels.get(topic)
+        if not handlers:
+            self._stats.unrouted_events += 1
+            return None
+
+        try:
+            event = self.registry.decode(topic, frame.data)
+        except EventDecodeError as exc:
+            self._rejected(topic, exc)
+            return None
+
+        return list(handlers), Delivery(topic, event)
+
+    async def _submit(
+        self,
+        handlers: list[Handler],
+        delivery: Delivery,
+        reader: PubSubReader,
+        dispatcher: Dispatcher,
+    ) -> None:
+        order = self._ordering.get(delivery.topic)
+        for handler in handlers:
+            key = (handler, order(delivery.event)) if order is not None else None
             reader.stalled = True
             try:
                 await dispatcher.submit(handler, delivery, key=key)
             finally:
                 reader.stalled = False
+
+    def _rejected(self, topic: str, exc: EventDecodeError) -> None:
+        self._stats.invalid_events += 1
+        if self._stats.observer is not None:
+            self._stats.observer.rejected(topic)
+
+        logger.warning(
+            "Rejected an event on %s: %s",
+            topic,
+            exc.reason,
+            extra={"topic": topic},
+        )
 
     def _topic(self, frame: Frame, group: _Group) -> str | None:
         try:
@@ -206,16 +253,7 @@ class Router:
                 group.decoded = self.registry.decode(topic, data)
             except EventDecodeError as exc:
                 group.decoded = exc
-                self._stats.invalid_events += 1
-                if self._stats.observer is not None:
-                    self._stats.observer.rejected(topic)
-
-                logger.warning(
-                    "Rejected an event on %s: %s",
-                    topic,
-                    exc.reason,
-                    extra={"topic": topic},
-                )
+                self._rejected(topic, exc)
 
         if isinstance(group.decoded, EventDecodeError):
             return None

@@ -78,6 +78,7 @@ class StreamConsumer:
         self._stats = stats
         self._topics = {stream_key(topic): topic for topic in topics}
         self._keys = {topic: key for key, topic in self._topics.items()}
+        self._new_entries: dict[KeyT, StreamIdT] = dict.fromkeys(self._topics, ">")
         self.consumer = consumer
         self.group = settings.group
         self.settler = Settler(client, settings, stats, consumer)
@@ -199,7 +200,7 @@ class StreamConsumer:
         reply = await self._reader.xreadgroup(
             self.group,
             self.consumer,
-            dict.fromkeys(self._topics, ">"),
+            self._new_entries,
             count=min(self._settings.read_count, free),
             block=int(block * 1000),
         )
@@ -208,11 +209,6 @@ class StreamConsumer:
                 self._last_read[key] = _text(entries[-1][0])
 
             await self._deliver_held(key, entries, {}, on_delivery)
-
-    def _hold(self, key: str, entries: list[Entry]) -> None:
-        # The whole batch counts as in flight from now on, so that entries
-        # waiting for a slot are kept fresh too and never claimed away.
-        self._in_flight[key].update(_text(entry[0]) for entry in entries)
 
     async def keep_alive(self) -> None:
         """Keep this consumer's entries in flight from being claimed, forever.
@@ -343,15 +339,21 @@ class StreamConsumer:
         not handed over are released, so that they can be claimed again
         instead of being kept fresh forever by the keep-alive.
         """
-        self._hold(key, entries)
+        ids = [_text(raw_id) for raw_id, _ in entries]
+        # The whole batch counts as in flight from now on, so that entries
+        # waiting for a slot are kept fresh too and never claimed away.
+        self._in_flight[key].update(ids)
         delivered = 0
         try:
-            for entry in entries:
-                await self._deliver(key, entry, counts.get(entry[0], 1), on_delivery)
+            for entry_id, (raw_id, fields) in zip(ids, entries, strict=True):
+                count = counts.get(raw_id, 1) if counts else 1
+                delivery = self._prepare(key, entry_id, fields, count)
+                if delivery is not None:
+                    await on_delivery(delivery)
+
                 delivered += 1
         finally:
-            for raw_id, _ in entries[delivered:]:
-                self._in_flight[key].discard(_text(raw_id))
+            self._in_flight[key].difference_update(ids[delivered:])
 
     async def _delivery_counts(self, key: str, ids: list[bytes]) -> dict[bytes, int]:
         async with self._client.pipeline(transaction=False) as pipe:
@@ -367,16 +369,15 @@ class StreamConsumer:
 
         return counts
 
-    async def _deliver(
-        self, key: str, entry: Entry, count: int, on_delivery: OnDelivery
-    ) -> None:
-        raw_id, fields = entry
-        entry_id = _text(raw_id)
+    def _prepare(
+        self, key: str, entry_id: str, fields: dict[bytes, bytes] | None, count: int
+    ) -> Delivery | None:
+        """Return the delivery of an entry, or settle what cannot be delivered."""
         topic = self._topics[key]
         if fields is None:
             self._in_flight[key].discard(entry_id)
             self._missing(key, entry_id)
-            return
+            return None
 
         data = fields.get(DATA_FIELD)
         self.settler.remember(key, entry_id, fields)
@@ -388,28 +389,27 @@ class StreamConsumer:
 
         if data is None:
             self._reject(key, topic, entry_id, "no 'data' field", count)
-            return
+            return None
 
         if count > self._settings.max_deliveries:
             reason = f"delivered {count} times, more than max_deliveries"
             self._in_flight[key].discard(entry_id)
             self.settler.dead_letter(key, topic, entry_id, reason, count)
-            return
+            return None
 
         try:
             event = self._registry.decode(topic, data)
         except EventDecodeError as exc:
             self._reject(key, topic, entry_id, exc.reason, count)
-            return
+            return None
 
-        delivery = Delivery(
+        return Delivery(
             topic=topic,
             event=event,
             delivery_id=entry_id,
             delivery_count=count,
             trace_context=from_fields(fields),
         )
-        await on_delivery(delivery)
 
     def _reject(
         self, key: str, topic: str, entry_id: str, reason: str, count: int
@@ -516,7 +516,10 @@ def _entry(raw: Any) -> Entry:
     entry_id, fields = raw
     # redis-py turns the nil body of a deleted entry into {} (an XADD always
     # has at least one field), so an empty body means "gone".
-    return _bytes(entry_id), (dict(fields) if fields else None)
+    if not fields:
+        return _bytes(entry_id), None
+
+    return _bytes(entry_id), (fields if isinstance(fields, dict) else dict(fields))
 
 
 async def _one_slot() -> int:

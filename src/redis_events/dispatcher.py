@@ -18,6 +18,7 @@ import functools
 import inspect
 import logging
 import math
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from contextlib import asynccontextmanager
@@ -136,32 +137,32 @@ class Stats:
         return counters | self.extra
 
 
-class _Mailbox:
-    """Where one idle worker waits for its next job (``None`` = stop)."""
+class _Worker:
+    """One worker task's state, as the dispatcher and the timeout watch see it.
 
-    __slots__ = ("_arrived", "_job")
+    ``call_scope`` spans many calls: it is replaced only after a timeout has
+    cancelled it, so that a call costs no cancel scope of its own.
+    """
+
+    __slots__ = ("call_scope", "deadline", "job", "observed", "wake")
 
     def __init__(self) -> None:
-        self._arrived = anyio.Event()
-        self._job: _Job | None = None
-
-    def deliver(self, job: _Job) -> None:
-        self._job = job
-        self._arrived.set()
-
-    def close(self) -> None:
-        self._arrived.set()
-
-    async def receive(self) -> _Job | None:
-        await self._arrived.wait()
-        return self._job
+        self.call_scope = anyio.CancelScope()
+        self.deadline = math.inf
+        self.job: _Job | None = None
+        self.wake = anyio.Event()
+        # The observer told of the call in flight, and its token.
+        self.observed: tuple[EventObserver, object] | None = None
 
 
 class Dispatcher:
     """Run handler calls on ``max_concurrency`` worker tasks.
 
-    The workers are started once, when ``running()`` is entered, and each
-    job is handed to an idle one: no task is created per event.
+    The workers are started once, when ``running()`` is entered. Accepted
+    jobs wait in one queue; a worker takes the next one as soon as it is
+    free, so a burst of quick handlers is run by one worker without a task
+    switch per event, and an idle worker is woken only when the queue holds
+    more than the workers already awake can take.
 
     Note:
         When the block of ``running()`` ends, or the task running it is
@@ -189,10 +190,15 @@ class Dispatcher:
         self._on_outcome = on_outcome
         self._running = False
         self._accepted = 0
-        self._idle: deque[_Mailbox] = deque()
+        self._ready: deque[_Job] = deque()
+        self._idle: list[_Worker] = []
+        self._waking = 0
+        self._workers: set[_Worker] = set()
+        self._live_workers = 0
         self._freed = anyio.Event()
         self._waiting_by_key: dict[Hashable, deque[_Job]] = {}
         self._scopes: set[anyio.CancelScope] = set()
+        self._watch_scope = anyio.CancelScope()
         self._drain_deadline = math.inf
         self._async_handlers: dict[Handler, bool] = {}
 
@@ -203,6 +209,11 @@ class Dispatcher:
         self._running = True
         error: Exception | None = None
         async with anyio.create_task_group() as task_group:
+            self._watch_scope = anyio.CancelScope(shield=True)
+            self._live_workers = self._limit
+            if self._handler_timeout != math.inf:
+                task_group.start_soon(self._watch_timeouts)
+
             for _ in range(self._limit):
                 task_group.start_soon(self._work)
 
@@ -216,16 +227,22 @@ class Dispatcher:
                 self._running = False
                 self._freed.set()
                 while self._idle:
-                    self._idle.popleft().close()
+                    self._wake_one()
 
                 self.drain(self._shutdown_timeout)
 
+        # Left over when workers were cancelled while idle (a drain deadline
+        # that passed): never started.
+        left = list(self._ready)
+        self._ready.clear()
         for jobs in self._waiting_by_key.values():
-            for job in jobs:
-                self._accepted -= 1
-                self._report(job[1], Outcome.NOT_STARTED)
+            left.extend(jobs)
 
         self._waiting_by_key.clear()
+        for job in left:
+            self._accepted -= 1
+            self._report(job[1], Outcome.NOT_STARTED)
+
         if error is not None:
             raise error
 
@@ -238,9 +255,7 @@ class Dispatcher:
     async def room(self) -> int:
         """Wait until a job can be accepted; return how many can."""
         while self._accepted >= self._limit:
-            self._check_running()
-            self._freed = anyio.Event()
-            await self._freed.wait()
+            await self._wait_freed()
 
         return self._limit - self._accepted
 
@@ -254,17 +269,13 @@ class Dispatcher:
         """Accept a job once fewer than ``max_concurrency`` are accepted.
 
         With a ``key``, the job runs after every earlier job with the same
-        key has finished.
+        key has finished. Jobs start in the order they were accepted.
 
         Raises:
             RuntimeError: Called outside ``running()``.
         """
-        while self._accepted >= self._limit or (
-            not self._idle and (key is None or key not in self._waiting_by_key)
-        ):
-            self._check_running()
-            self._freed = anyio.Event()
-            await self._freed.wait()
+        while self._accepted >= self._limit:
+            await self._wait_freed()
 
         self._check_running()
         self._accepted += 1
@@ -277,63 +288,156 @@ class Dispatcher:
 
             self._waiting_by_key[key] = deque()
 
-        self._idle.popleft().deliver(job)
+        # Fewer jobs are accepted than there are workers, so a queued job
+        # always has a worker free for it; one awake worker wakes the next.
+        self._ready.append(job)
+        if not self._waking and self._idle:
+            self._wake_one()
+
+    async def _wait_freed(self) -> None:
+        self._check_running()
+        # One event for every waiter (the reader may wait in room() and in
+        # submit() from two tasks); renewed only once it has fired.
+        if self._freed.is_set():
+            self._freed = anyio.Event()
+
+        await self._freed.wait()
 
     def _check_running(self) -> None:
         if not self._running:
             msg = "the dispatcher is not running"
             raise RuntimeError(msg)
 
+    def _wake_one(self) -> None:
+        self._waking += 1
+        self._idle.pop().wake.set()
+
     async def _work(self) -> None:
         # Shielded so that stopping the reader, or cancelling the task that
         # owns the task group, does not cut a handler short; the deadline set
         # by drain() bounds the wait instead.
-        job: _Job | None = None
-        mailbox = _Mailbox()
+        _current_dispatcher.set(self)
+        worker = _Worker()
+        self._workers.add(worker)
         with anyio.CancelScope(shield=True) as scope:
             scope.deadline = self._drain_deadline
             self._scopes.add(scope)
-            while self._running:
-                mailbox = _Mailbox()
-                self._idle.append(mailbox)
-                self._freed.set()
-                job = await mailbox.receive()
-                while job is not None:
-                    self._stats.in_flight += 1
-                    observer = self._stats.observer
-                    if observer is None:
-                        outcome = await self._call(job[0], job[1], scope)
-                    else:
-                        outcome = await self._observed(observer, job[1], job, scope)
+            while worker.job is not None or self._running or self._ready:
+                with worker.call_scope:
+                    await self._serve(worker, scope)
 
-                    self._stats.in_flight -= 1
-                    self._accepted -= 1
-                    self._report(job[1], outcome)
-                    job = self._next_for_key(job[2])
+                if worker.call_scope.cancelled_caught:
+                    self._timed_out(worker)
+
+                worker.call_scope = anyio.CancelScope()
 
         self._scopes.discard(scope)
-        if mailbox in self._idle:
-            # Cancelled while idle: no job may be handed to this worker now.
-            self._idle.remove(mailbox)
+        self._workers.discard(worker)
+        self._live_workers -= 1
+        if not self._live_workers:
+            self._watch_scope.cancel()
 
-        if job is not None:
-            self._cancelled(job)
+        if worker in self._idle:
+            # Cancelled while idle: this worker must not be woken now.
+            self._idle.remove(worker)
 
-    async def _observed(
-        self,
-        observer: EventObserver,
-        delivery: Delivery,
-        job: _Job,
-        scope: anyio.CancelScope,
-    ) -> Outcome:
-        token = observer.started(delivery)
-        outcome = Outcome.CANCELLED
+        if worker.job is not None:
+            self._tell_observer(worker, Outcome.CANCELLED)
+            self._cancelled(worker.job)
+
+    async def _serve(self, worker: _Worker, worker_scope: anyio.CancelScope) -> None:
+        """Run jobs until stopping, or until a timeout cancels ``call_scope``."""
+        while True:
+            job = worker.job
+            if job is None:
+                if not self._ready:
+                    if not self._running:
+                        return
+
+                    await self._sleep(worker)
+                    continue
+
+                job = worker.job = self._ready.popleft()
+                if self._ready and not self._waking and self._idle:
+                    self._wake_one()
+
+            self._stats.in_flight += 1
+            observer = self._stats.observer
+            if observer is not None:
+                worker.observed = (observer, observer.started(job[1]))
+
+            outcome = await self._call(job[0], job[1], worker, worker_scope)
+            self._finish(worker, outcome)
+            if worker.call_scope.cancel_called:
+                # A timeout that came while a plain function ran in its
+                # thread: the call was not cut, but the scope is spent.
+                return
+
+    async def _sleep(self, worker: _Worker) -> None:
+        worker.wake = wake = anyio.Event()
+        self._idle.append(worker)
         try:
-            outcome = await self._call(job[0], delivery, scope)
+            await wake.wait()
         finally:
-            observer.finished(delivery, outcome, token)
+            if wake.is_set():
+                self._waking -= 1
 
-        return outcome
+    def _finish(self, worker: _Worker, outcome: Outcome) -> None:
+        job = worker.job
+        assert job is not None, "a job is in flight"
+        self._stats.in_flight -= 1
+        self._accepted -= 1
+        if self._accepted == self._limit - 1:
+            # Only a full dispatcher has waiters: wake them at the first slot.
+            self._freed.set()
+
+        self._tell_observer(worker, outcome)
+        self._report(job[1], outcome)
+        worker.job = self._next_for_key(job[2])
+
+    @staticmethod
+    def _tell_observer(worker: _Worker, outcome: Outcome) -> None:
+        # In the worker task, where started() was called: a tracing observer
+        # ends its span in the context it opened it in.
+        if worker.observed is not None and worker.job is not None:
+            observer, token = worker.observed
+            worker.observed = None
+            observer.finished(worker.job[1], outcome, token)
+
+    def _timed_out(self, worker: _Worker) -> None:
+        job = worker.job
+        assert job is not None, "only a call is timed"
+        handler, delivery, _ = job
+        self._stats.handler_timeouts += 1
+        logger.error(
+            "Handler %s timed out after %.1f s on topic %s (event %s)",
+            _name(handler),
+            self._handler_timeout,
+            delivery.topic,
+            delivery.event_id,
+            extra={"topic": delivery.topic, "event_id": delivery.event_id},
+        )
+        self._finish(worker, Outcome.TIMED_OUT)
+
+    async def _watch_timeouts(self) -> None:
+        """Cancel calls that are past their deadline, until the workers end.
+
+        One task for all workers: a call only stores its deadline. Calls
+        start in time order and share one timeout, so no call that starts
+        while this sleeps can be due before it wakes.
+        """
+        with self._watch_scope:
+            while True:
+                now = time.monotonic()
+                wake_at = now + self._handler_timeout
+                for worker in self._workers:
+                    if worker.deadline <= now:
+                        worker.deadline = math.inf
+                        worker.call_scope.cancel()
+                    else:
+                        wake_at = min(wake_at, worker.deadline)
+
+                await anyio.sleep(wake_at - now)
 
     def _next_for_key(self, key: Hashable | None) -> _Job | None:
         if key is None:
@@ -365,42 +469,27 @@ class Dispatcher:
             self._on_outcome(delivery, outcome)
 
     async def _call(
-        self, handler: Handler, delivery: Delivery, worker_scope: anyio.CancelScope
-    ) -> Outcome:
-        _current.set(delivery)
-        _current_dispatcher.set(self)
-        if self._handler_timeout == math.inf:
-            # No timeout, no cancel scope: it would cost more than the rest
-            # of the dispatch.
-            return await self._guarded(handler, delivery, worker_scope, None)
-
-        with anyio.move_on_after(self._handler_timeout) as timeout_scope:
-            return await self._guarded(handler, delivery, worker_scope, timeout_scope)
-
-        self._stats.handler_timeouts += 1
-        logger.error(
-            "Handler %s timed out after %.1f s on topic %s (event %s)",
-            _name(handler),
-            self._handler_timeout,
-            delivery.topic,
-            delivery.event_id,
-            extra={"topic": delivery.topic, "event_id": delivery.event_id},
-        )
-        return Outcome.TIMED_OUT
-
-    async def _guarded(
         self,
         handler: Handler,
         delivery: Delivery,
+        worker: _Worker,
         worker_scope: anyio.CancelScope,
-        timeout_scope: anyio.CancelScope | None,
     ) -> Outcome:
+        _current.set(delivery)
+        if self._handler_timeout != math.inf:
+            # The monotonic clock, not the event loop's: it is read once per
+            # call, and asking anyio for its backend's clock costs more.
+            worker.deadline = time.monotonic() + self._handler_timeout
+
         try:
-            await self._invoke(handler, delivery)
+            # The coroutine handler is awaited here, not in a helper: one
+            # coroutine less per event.
+            if self._runs_async(handler):
+                await handler(delivery.topic, delivery.event)  # type: ignore[misc]
+            else:
+                await self._invoke_plain(handler, delivery)
         except anyio.get_cancelled_exc_class() as exc:
-            if worker_scope.cancel_called or (
-                timeout_scope is not None and timeout_scope.cancel_called
-            ):
+            if worker_scope.cancel_called or worker.call_scope.cancel_called:
                 raise
 
             # A handler that awaited something cancelled by someone else:
@@ -408,11 +497,13 @@ class Dispatcher:
             return self._failed(handler, delivery, exc)
         except Exception as exc:
             return self._failed(handler, delivery, exc)
+        finally:
+            worker.deadline = math.inf
 
         self._stats.events_handled += 1
         return Outcome.HANDLED
 
-    async def _invoke(self, handler: Handler, delivery: Delivery) -> None:
+    def _runs_async(self, handler: Handler) -> bool:
         try:
             is_async = self._async_handlers[handler]
         except KeyError:
@@ -420,10 +511,9 @@ class Dispatcher:
         except TypeError:  # an unhashable callable object
             is_async = _is_async(handler)
 
-        if is_async:
-            await handler(delivery.topic, delivery.event)  # type: ignore[misc]
-            return
+        return is_async
 
+    async def _invoke_plain(self, handler: Handler, delivery: Delivery) -> None:
         result = await anyio.to_thread.run_sync(handler, delivery.topic, delivery.event)
         if inspect.isawaitable(result):
             # An async function behind a plain wrapper (a lambda, a decorator

@@ -20,6 +20,7 @@ from redis_events._connection import (
 from redis_events._endpoint import Endpoint
 from redis_events._envelope import add_to_json, to_fields
 from redis_events._keys import DATA_FIELD, stream_key
+from redis_events._packed import publish_packed
 from redis_events._topology import is_cluster
 from redis_events.codec import validate_topic
 from redis_events.events import (
@@ -238,6 +239,10 @@ class EventPublisher(Endpoint):
 
         async def send(client: Redis) -> list[Any]:
             cluster = is_cluster(client)
+            if not self._stream and not cluster:
+                with anyio.fail_after(self.settings.socket_timeout):
+                    return await publish_packed(client, topic, payloads)
+
             async with client.pipeline(transaction=False) as pipe:
                 for data in payloads:
                     if self._stream:
