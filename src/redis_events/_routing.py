@@ -180,18 +180,23 @@ class Router:
 
     def _route_direct(self, frame: Frame) -> tuple[list[Handler], Delivery] | None:
         topic = frame.channel.decode(errors="replace")
+        if self._stats.observer is not None:
+            self._stats.observer.received(topic)
+
         handlers = self.channels.get(topic)
         if not handlers:
             self._stats.unrouted_events += 1
             return None
 
+        # As in _decode: a publisher's trace context is not part of the event.
+        data, trace = split_json(frame.data)
         try:
-            event = self.registry.decode(topic, frame.data)
+            event = self.registry.decode(topic, data)
         except EventDecodeError as exc:
             self._rejected(topic, exc)
             return None
 
-        return list(handlers), Delivery(topic, event)
+        return list(handlers), Delivery(topic, event, trace_context=trace)
 
     async def _submit(
         self,
