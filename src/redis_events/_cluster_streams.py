@@ -150,7 +150,7 @@ class ShardedStreamConsumer(StreamConsumer):
 
 
 class SlotReader:
-    """XREADGROUP sent straight to the master that owns the streams' slot.
+    """XREADGROUP (and XREAD) sent straight to the master of the streams' slot.
 
     Works around redis-py's cluster client, which asks its default node for
     the keys of a command with movable keys (``COMMAND GETKEYS``) before its
@@ -183,15 +183,34 @@ class SlotReader:
         if noack:
             pieces.append("NOACK")
 
-        pieces += ["STREAMS", *streams.keys(), *streams.values()]
+        return await self._send("XREADGROUP", pieces, streams)
+
+    async def xread(
+        self,
+        streams: Mapping[KeyT, StreamIdT],
+        count: int | None = None,
+        block: int | None = None,
+    ) -> Any:
+        """Read like ``Redis.xread``; every key must share one slot."""
+        pieces: list[Any] = []
+        if count is not None:
+            pieces += ["COUNT", count]
+
+        if block is not None:
+            pieces += ["BLOCK", block]
+
+        return await self._send("XREAD", pieces, streams)
+
+    async def _send(
+        self, command: str, pieces: list[Any], streams: Mapping[KeyT, StreamIdT]
+    ) -> Any:
+        pieces = [*pieces, "STREAMS", *streams.keys(), *streams.values()]
         await self._cluster.initialize()
         key = next(iter(streams))
         node = self._cluster.get_node_from_key(
             key.decode() if isinstance(key, bytes) else str(key)
         )
-        return await self._cluster.execute_command(
-            "XREADGROUP", *pieces, target_nodes=node
-        )
+        return await self._cluster.execute_command(command, *pieces, target_nodes=node)
 
 
 class ShardSettlers(Settler):

@@ -45,10 +45,12 @@ RETRYABLE_ERRORS: Final = (
     OSError,
     # A cluster during a failover: the slot's master is down (CLUSTERDOWN),
     # not yet known to the client (slot not covered), or moving (TRYAGAIN);
-    # or redirections did not settle within the client's TTL (ClusterError).
+    # or redirections did not settle within the client's TTL (ClusterError);
+    # or no node at all answered (the whole cluster is down or unreachable).
     redis_errors.ClusterError,
     redis_errors.SlotNotCoveredError,
     redis_errors.TryAgainError,
+    redis_errors.RedisClusterUnreachableError,
 )
 # Everything redis-py raises for a failed command, on a server or a cluster.
 REDIS_ERRORS: Final = (
@@ -169,6 +171,12 @@ def translate_error(
         return PermissionDeniedError(
             f"Redis at {address} refused the credentials while running "
             f"{operation}{where} ({kind}); check the username and password"
+        )
+
+    if isinstance(exc, redis_errors.RedisClusterUnreachableError):
+        return RedisUnavailableError(
+            f"{operation}{where} failed: no node of the Redis Cluster at {address} "
+            f"answered ({kind}: {exc})"
         )
 
     if isinstance(exc, _CLUSTER_ERRORS):

@@ -6,9 +6,9 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from redis import RedisError
-
+from redis_events._connection import REDIS_ERRORS
 from redis_events._keys import dead_letter_key, stream_key
+from redis_events._topology import is_cluster
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -35,7 +35,7 @@ async def redis_answers(client: Redis) -> bool:
     """Tell whether Redis answers a PING (the caller bounds the wait)."""
     try:
         await client.ping()
-    except (RedisError, OSError) as exc:
+    except REDIS_ERRORS as exc:
         logger.debug("Redis did not answer a PING (%s)", type(exc).__name__)
         return False
 
@@ -50,17 +50,26 @@ async def read_group_state(
     One pipelined round trip: TIME, then XINFO GROUPS, XPENDING (summary)
     and the dead letters' XLEN per topic. A topic whose stream or group is
     missing is left out. The caller bounds the wait.
+
+    On a Redis Cluster the pipeline is split by node (redis-py does that),
+    and TIME is asked first on its own: redis-py refuses a command without
+    a key in a cluster pipeline. The age of the oldest pending entry is then
+    measured with that one node's clock.
     """
+    cluster = is_cluster(client)
     try:
+        replies: list[Any] = [await client.time()] if cluster else []
         async with client.pipeline(transaction=False) as pipe:
-            pipe.time()
+            if not cluster:
+                pipe.time()
+
             for topic in topics:
                 pipe.xinfo_groups(stream_key(topic))
                 pipe.xpending(stream_key(topic), group)
                 pipe.xlen(dead_letter_key(topic))
 
-            replies: list[Any] = await pipe.execute(raise_on_error=False)
-    except (RedisError, OSError) as exc:
+            replies += await pipe.execute(raise_on_error=False)
+    except REDIS_ERRORS as exc:
         logger.debug("Group state unavailable (%s)", type(exc).__name__)
         return None
 

@@ -15,10 +15,9 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import anyio
-from redis import RedisError
 from redis.exceptions import NoPermissionError
 
-from redis_events._connection import create_client, is_retryable
+from redis_events._connection import REDIS_ERRORS, create_client, is_retryable
 from redis_events._keys import instance_key
 
 if TYPE_CHECKING:
@@ -114,7 +113,7 @@ class InstanceReporter:
                 pipe.hset(self.key, mapping=mapping)
                 pipe.expire(self.key, self._settings.instance_stats_ttl)
                 await pipe.execute()
-        except (RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             self._log_failure(exc)
             self._failing = True
             return False
@@ -153,7 +152,7 @@ class InstanceReporter:
         try:
             with anyio.fail_after(self._settings.socket_timeout):
                 await self._client.delete(self.key)
-        except (RedisError, OSError, TimeoutError) as exc:
+        except (*REDIS_ERRORS, TimeoutError) as exc:
             logger.debug(
                 "Could not delete %s at stop (%s); it expires in %s s",
                 self.key,

@@ -6,7 +6,8 @@ For a topic ``orders``:
 - ``redis-events:{orders}:dead``  its dead letters
 
 and, for every running subscriber, ``redis-events:instances:<group>:<consumer>``:
-a hash of its stats with a TTL (no braces: it belongs to no topic).
+a hash of its stats with a TTL (no braces: it belongs to no topic, and each
+write names only this key, so on a cluster it may land on any shard).
 
 The braces are a Redis Cluster hash tag: both keys of a topic always live in
 the same slot, so a dead-letter write and its acknowledgement can share one

@@ -9,10 +9,9 @@ import socket
 from typing import TYPE_CHECKING, Any
 
 import anyio
-from redis import RedisError
 
 from redis_events._cluster_streams import ShardedStreamConsumer
-from redis_events._connection import create_client, translate_error
+from redis_events._connection import REDIS_ERRORS, create_client, translate_error
 from redis_events._keys import DATA_FIELD, stream_key
 from redis_events._positions import position_to_id
 from redis_events._streams import StreamConsumer
@@ -225,7 +224,7 @@ async def replay(
                 return given
 
             first = "(" + _text(entries[-1][0])
-    except (RedisError, OSError) as exc:
+    except REDIS_ERRORS as exc:
         raise translate_error(
             exc, operation="XRANGE", settings=settings, topic=topic
         ) from exc

@@ -23,9 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Self
 
-from redis import RedisError
-
-from redis_events._connection import create_client, translate_error
+from redis_events._connection import REDIS_ERRORS, create_client, translate_error
 from redis_events._dead_letters import (
     REQUEUE_SCRIPT,
     DeadLetter,
@@ -407,7 +405,7 @@ class EventAdmin(Endpoint):
     def _translated(self, operation: str, topic: str | None = None) -> Iterator[None]:
         try:
             yield
-        except (RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             raise translate_error(
                 exc, operation=operation, settings=self.settings, topic=topic
             ) from exc

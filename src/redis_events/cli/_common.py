@@ -86,7 +86,8 @@ def redis_url_option(function: F) -> F:
     return click.option(
         "--redis-url",
         metavar="URL",
-        help="Redis to talk to: redis://, rediss://, unix:// or memory:// "
+        help="Redis to talk to: redis://, rediss://, unix://, memory://, "
+        "redis+cluster://host:port,... or redis+sentinel://host:port,.../service "
         "(default: $REDIS_EVENTS_REDIS_URL, $REDIS_URL, else "
         f"{c.DEFAULT_REDIS_URL}).",
     )(function)

@@ -7,9 +7,8 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 import click
-from redis import RedisError
 
-from redis_events._connection import create_client, translate_error
+from redis_events._connection import REDIS_ERRORS, create_client, translate_error
 from redis_events._keys import stream_key
 from redis_events._positions import position_to_id
 from redis_events._stream_session import replay as replay_history
@@ -307,7 +306,7 @@ async def _newest_entry(settings: Settings, topic: str) -> str | None:
     client = create_client(settings, role="replay")
     try:
         newest: Any = await client.xrevrange(stream_key(topic), count=1)
-    except (RedisError, OSError) as exc:
+    except REDIS_ERRORS as exc:
         raise translate_error(
             exc, operation="XREVRANGE", settings=settings, topic=topic
         ) from exc

@@ -3,23 +3,35 @@
 On pub/sub it is one more subscriber (with the library's self-healing
 reader); on streams it reads with plain XREAD from the entries that arrive
 after it started, so no consumer group sees it.
+
+On a Redis Cluster, pub/sub topics are shard channels (SSUBSCRIBE, as the
+publisher sends them with SPUBLISH) and patterns are refused; streams are
+read with one XREAD loop per hash slot, since one XREAD cannot name keys of
+two slots.
 """
 
 from __future__ import annotations
 
 import signal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 import click
-from redis import RedisError
 
-from redis_events._connection import Backoff, create_client, is_retryable
+from redis_events._cluster_pubsub import PATTERNS_REFUSED, ShardedPubSubReader
+from redis_events._cluster_streams import SlotReader, slot_groups
+from redis_events._connection import (
+    REDIS_ERRORS,
+    Backoff,
+    create_client,
+    is_retryable,
+)
 from redis_events._connection import translate_error as _translate
 from redis_events._envelope import split_json
 from redis_events._keys import DATA_FIELD, stream_key
 from redis_events._pubsub import PubSubReader
 from redis_events._streams import _streams as stream_entries
+from redis_events._topology import is_cluster
 from redis_events.cli._common import (
     EXIT_USAGE,
     OutputClosedError,
@@ -40,6 +52,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from anyio.abc import TaskStatus
+    from redis.asyncio.cluster import RedisCluster
 
     from redis_events._pubsub import Frame
     from redis_events.config import Settings
@@ -74,9 +87,11 @@ def tail(
 ) -> None:
     """Follow events on TOPICs live, secrets redacted.
 
-    On pub/sub, a name with *, ? or [ is a glob pattern (profile_*). On
-    streams only topic names work; tail then reads new entries with XREAD,
-    outside every consumer group, so it changes nothing.
+    On pub/sub, a name with *, ? or [ is a glob pattern (profile_*), except
+    on a Redis Cluster, where topics are shard channels and Redis has no
+    sharded pattern subscription. On streams only topic names work; tail
+    then reads new entries with XREAD, outside every consumer group, so it
+    changes nothing.
 
     An entry that is not a valid event is shown with the reason, never with
     its content. A line on stderr tells when tail is following; Ctrl-C or
@@ -104,6 +119,8 @@ def tail(
 
             for topic in channels:
                 stream_key(topic)
+        elif patterns and settings.deployment.kind == "cluster":
+            raise ConfigurationError(f"{patterns[0]!r}: {PATTERNS_REFUSED}")
     except ConfigurationError as exc:
         fail(str(exc), EXIT_USAGE)
 
@@ -224,7 +241,10 @@ class _Tailer:
 
     async def _follow_pubsub(self, channels: list[str], patterns: list[str]) -> None:
         client = create_client(self.settings, role="tail")
-        reader = PubSubReader(client, self.settings, Stats())
+        # On a cluster the publisher sends with SPUBLISH: only a shard
+        # subscription (SSUBSCRIBE) on the slot's master receives it.
+        reader_class = ShardedPubSubReader if is_cluster(client) else PubSubReader
+        reader = reader_class(client, self.settings, Stats())
         # TODO(tail-duplicates): an event that matches a channel and a
         # pattern given together is shown once per match, as Redis sends it.
         await reader.subscribe(channels, patterns)
@@ -259,7 +279,23 @@ class _Tailer:
         try:
             positions = await self._stream_ends(client, topics)
             self._following(", ".join(positions) + " (streams)")
-            await self._read_streams(client, positions, topics)
+            if not is_cluster(client):
+                await self._read_streams(client, positions, topics)
+                return
+
+            # One XREAD names keys of one slot only: a read loop per slot,
+            # each sent to that slot's master.
+            reader = SlotReader(cast("RedisCluster", client))
+            try:
+                async with anyio.create_task_group() as task_group:
+                    for group in slot_groups(topics):
+                        keys = {stream_key(topic) for topic in group}
+                        part = {k: v for k, v in positions.items() if k in keys}
+                        task_group.start_soon(self._read_streams, reader, part, group)
+            except ExceptionGroup as errors:
+                # The first loop's error cancelled the others: raise it as
+                # itself, so that it ends the command with its message.
+                raise errors.exceptions[0] from None
         finally:
             with anyio.CancelScope(shield=True):
                 await client.aclose()
@@ -271,7 +307,7 @@ class _Tailer:
             key = stream_key(topic)
             try:
                 last = await client.xrevrange(key, count=1)
-            except (RedisError, OSError) as exc:
+            except REDIS_ERRORS as exc:
                 raise _translate(
                     exc, operation="XREVRANGE", settings=self.settings, topic=topic
                 ) from exc
@@ -294,7 +330,7 @@ class _Tailer:
                 reply = await client.xread(
                     positions, count=self.settings.read_count, block=block
                 )
-            except (RedisError, OSError) as exc:
+            except REDIS_ERRORS as exc:
                 error = _translate(exc, operation="XREAD", settings=self.settings)
                 if not is_retryable(exc):
                     raise error from exc
