@@ -404,7 +404,7 @@ async def test_failure_and_timeout_records_carry_the_events_fields(
                 await dispatcher.submit(handler, Delivery(topic="p", event=event))
 
     fields = sorted(
-        (r.topic, r.event_id, r.event_type, r.exc_info is not None)  # type: ignore[attr-defined]  # set by extra=
+        (vars(r)["topic"], vars(r)["event_id"], vars(r)["event_type"], bool(r.exc_info))
         for r in caplog.records
     )
     assert fields == [

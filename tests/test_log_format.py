@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from redis_events import EventSubscriber
 from redis_events._keys import dead_letter_key, stream_key
 from redis_events._log_format import json_formatter
-from tests.helpers import poll_until
+from tests.helpers import poll_until, wait_until
 from tests.redis_server import free_port
 from tests.test_cli import PROCESSOR, Services, clean_environment
 from tests.test_cli_events import invoke
@@ -36,6 +37,7 @@ SECRET = "log-me-not-4Kd9"
 GROUP = "json-group"
 CONSUMER = "json-consumer"
 LINE_FIELDS = {"timestamp", "level", "logger", "message"}
+EVENT_FIELDS = ("topic", "event_id", "event_type", "group", "consumer", "reason")
 
 
 @pytest.fixture
@@ -238,3 +240,57 @@ def test_an_unknown_log_level_is_a_usage_error() -> None:
 
     assert result.exit_code == 2
     assert "'chatty' is not a log level" in result.stderr
+
+
+@pytest.mark.redis
+async def test_a_reclaim_and_a_dead_letter_are_logged_with_event_and_group_fields(
+    redis_url: str, r: redis.Redis, uid: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    topic, group = f"{uid}:logged", f"{uid}-logged"
+    key = stream_key(topic)
+    r.xgroup_create(key, group, id="0", mkstream=True)
+    for n in range(2):
+        event = {"event_type": "tested", "event_id": f"id-{n}", "n": n}
+        r.xadd(key, {"data": json.dumps(event)})
+
+    # Read by a consumer that then went away: pending, idle, claimable.
+    assert len(r.xreadgroup(group, "gone", {key: ">"}, count=2)[0][1]) == 2  # type: ignore[index]  # sync client
+    handled: list[int] = []
+    sub = EventSubscriber(
+        redis_url,
+        transport="stream",
+        group=group,
+        consumer="rescuer",
+        claim_min_idle=0.3,
+        claim_interval=0.2,
+        block_seconds=0.2,
+        max_deliveries=2,
+    )
+
+    @sub.on(topic)
+    async def handler(topic: str, event: dict[str, Any]) -> None:
+        if event["n"] == 1:
+            raise ValueError("this event can never be handled")
+
+        handled.append(event["n"])
+
+    with caplog.at_level(logging.INFO, logger="redis_events"):
+        async with sub:
+            await wait_until(lambda: r.xlen(dead_letter_key(topic)) == 1)
+
+    assert handled == [0]
+    claimed = [x for x in caplog.records if x.getMessage().startswith("Claimed")]
+    assert claimed, caplog.text
+    fields = {
+        (vars(x)["topic"], vars(x)["group"], vars(x)["consumer"]) for x in claimed
+    }
+    assert fields == {(topic, group, "rescuer")}
+    [moved] = [vars(x) for x in caplog.records if "dead letters" in x.getMessage()]
+    assert {name: moved[name] for name in EVENT_FIELDS} == {
+        "topic": topic,
+        "event_id": "id-1",
+        "event_type": "tested",
+        "group": group,
+        "consumer": "rescuer",
+        "reason": "handler failed 2 times",
+    }
