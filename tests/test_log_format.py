@@ -23,7 +23,7 @@ from redis_events._log_format import json_formatter
 from tests.helpers import poll_until, wait_until
 from tests.redis_server import free_port
 from tests.test_cli import PROCESSOR, Services, clean_environment
-from tests.test_cli_events import invoke
+from tests.test_cli_events import Tails, invoke
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -44,6 +44,14 @@ EVENT_FIELDS = ("topic", "event_id", "event_type", "group", "consumer", "reason"
 def services(tmp_path: Path) -> Iterator[Services]:
     """Start processor subprocesses; whatever still runs is killed after."""
     starter = Services(tmp_path)
+    yield starter
+    starter.kill_all()
+
+
+@pytest.fixture
+def tails(tmp_path: Path) -> Iterator[Tails]:
+    """Start tail subprocesses; whatever still runs is killed after."""
+    starter = Tails(tmp_path)
     yield starter
     starter.kill_all()
 
@@ -294,3 +302,25 @@ async def test_a_reclaim_and_a_dead_letter_are_logged_with_event_and_group_field
         "consumer": "rescuer",
         "reason": "handler failed 2 times",
     }
+
+
+@pytest.mark.redis
+def test_tail_writes_json_lines_when_the_environment_asks_for_them(
+    redis_url: str,
+    r: redis.Redis,
+    uid: str,
+    tails: Tails,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    topic = f"logs-{uid}"
+    monkeypatch.setenv("REDIS_EVENTS_LOG_FORMAT", "json")
+    tail = tails.start(topic, "--count", "1", "--redis-url", redis_url)
+
+    r.publish(topic, json.dumps({"event_type": "x", "key_value": SECRET}))
+    code = tail.wait()
+
+    assert code == 0, tail.stderr
+    records = json_lines(tail.stderr)
+    assert [r["message"].split(" ")[0] for r in records] == ["Following", "Stopped"]
+    assert {r["command"] for r in records} == {"redis-events tail"}
+    assert SECRET not in tail.stdout + tail.stderr
