@@ -39,7 +39,6 @@ __all__ = [
     "build_settings",
     "events",
     "fail",
-    "library_logs",
     "plain",
     "redis_url_option",
     "run",
@@ -135,14 +134,16 @@ def run(function: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) 
 
     Input and configuration errors exit 2, everything else from Redis 1;
     the library's message is printed as it is (it never holds a payload or a
-    password).
+    password). The library's own records go to stderr meanwhile, from
+    ``--log-level`` on and in ``--log-format``.
     """
 
     async def call() -> T:
         return await function(*args, **kwargs)
 
     try:
-        return anyio.run(call)
+        with library_logs():
+            return anyio.run(call)
     except OutputClosedError:
         # The reader has all it wanted: a normal end, as for `yes | head`.
         sys.exit(0)

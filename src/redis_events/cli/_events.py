@@ -19,7 +19,6 @@ from redis_events.cli._common import (
     build_settings,
     events,
     fail,
-    library_logs,
     redis_url_option,
     run,
     say,
@@ -87,8 +86,7 @@ def publish(
     except EventError as exc:
         fail(f"{exc}; fix the event and publish again", EXIT_USAGE)
 
-    with library_logs():
-        result = run(_publish, settings, registry, topic, published)
+    result = run(_publish, settings, registry, topic, published)
 
     printer = EventPrinter(json_lines=json_lines)
     if settings.transport == "stream":
@@ -235,8 +233,7 @@ def replay(
     registry = EventRegistry(max_event_bytes=settings.max_event_bytes)
     target = (into or topic) if republish else None
     printer = EventPrinter(json_lines=json_lines)
-    with library_logs():
-        count = run(_replay, settings, registry, topic, start, end, printer, target)
+    count = run(_replay, settings, registry, topic, start, end, printer, target)
 
     if target is None:
         say(f"Replayed {events(count)} of {topic}.")

@@ -27,7 +27,6 @@ from redis_events.cli._common import (
     build_settings,
     events,
     fail,
-    library_logs,
     redis_url_option,
     run,
     say,
@@ -111,8 +110,7 @@ def tail(
 
     tailer = _Tailer(settings, EventPrinter(json_lines=json_lines), count)
     try:
-        with library_logs():
-            run(tailer.follow, channels, patterns)
+        run(tailer.follow, channels, patterns)
     except KeyboardInterrupt:
         # Ctrl-C before the signal handler was installed: still a clean stop.
         pass
