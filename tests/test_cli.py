@@ -28,7 +28,14 @@ if TYPE_CHECKING:
     import redis
 
 PROCESSOR = (sys.executable, "-m", "redis_events.processor")
-FLAGS = ("--redis-url", "--topic", "--concurrency", "--log-level", "--stats-interval")
+FLAGS = (
+    "--redis-url",
+    "--topic",
+    "--concurrency",
+    "--log-level",
+    "--log-format",
+    "--stats-interval",
+)
 SECRET = "abc123"
 ORIGINAL_KEY_EVENT = (
     '{"event_type": "key_submitted", "key_value": "abc123", '

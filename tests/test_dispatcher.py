@@ -372,6 +372,47 @@ def test_delivery_event_id_reads_models_and_dicts() -> None:
     assert Delivery(topic="t", event={}).event_id is None
 
 
+def test_delivery_log_fields_hold_the_topic_and_the_events_id_and_type() -> None:
+    model = ProfileUpdated(profile_id=1, event_id="abc")
+    from_model = Delivery(topic="t", event=model)
+    from_dict = Delivery(topic="u", event={"event_type": "x", "event_id": 5})
+
+    assert from_model.event_type == "profile_updated"
+    assert from_model.log_fields() == {
+        "topic": "t",
+        "event_id": "abc",
+        "event_type": "profile_updated",
+    }
+    assert from_dict.log_fields() == {"topic": "u", "event_type": "x"}
+    assert Delivery(topic="v", event={}).log_fields() == {"topic": "v"}
+
+
+async def test_failure_and_timeout_records_carry_the_events_fields(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def handler(topic: str, event: ProfileUpdated) -> None:
+        if event.profile_id == 1:
+            raise ValueError("boom")
+
+        await anyio.sleep(30)
+
+    dispatcher = _dispatcher(Stats(), handler_timeout=0.2)
+    with caplog.at_level(logging.ERROR, logger="redis_events.dispatcher"):
+        async with dispatcher.running():
+            for n in (1, 2):
+                event = ProfileUpdated(profile_id=n, event_id=f"id-{n}")
+                await dispatcher.submit(handler, Delivery(topic="p", event=event))
+
+    fields = sorted(
+        (vars(r)["topic"], vars(r)["event_id"], vars(r)["event_type"], bool(r.exc_info))
+        for r in caplog.records
+    )
+    assert fields == [
+        ("p", "id-1", "profile_updated", True),
+        ("p", "id-2", "profile_updated", False),
+    ]
+
+
 def test_stats_as_dict_lists_every_counter_and_the_extras() -> None:
     stats = Stats(events_received=3, handler_errors=1)
     stats.extra["keys_processed"] = 2

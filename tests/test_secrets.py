@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import signal
 import subprocess
 import sys
 import traceback
@@ -49,11 +50,13 @@ from redis_events import (
     current_delivery,
 )
 from redis_events._keys import dead_letter_key, stream_key
-from tests.helpers import RawSubscriber, wait_until
+from redis_events._log_format import json_formatter
+from tests.helpers import RawSubscriber, poll_until, wait_until
 from tests.redis_server import RedisServer, free_port
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterator
+    from pathlib import Path
 
 pytestmark = pytest.mark.redis
 
@@ -107,19 +110,21 @@ class PasswordRedisServer(RedisServer):
 
 
 class LogCapture(logging.Handler):
-    """Keep every record: formatted (with traceback) and all its attributes."""
+    """Keep every record: as text and as JSON (with traceback), and its attributes."""
 
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
         self.setFormatter(
             logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
         )
+        self.json = json_formatter()
         self.chunks: list[str] = []
         self.levels: set[int] = set()
 
     def emit(self, record: logging.LogRecord) -> None:
         """Keep the formatted record and the repr of all its attributes."""
         self.chunks.append(self.format(record))
+        self.chunks.append(self.json.format(record))
         self.chunks.append(repr(vars(record)))
         self.levels.add(record.levelno)
 
@@ -425,3 +430,50 @@ async def test_no_secret_reaches_logs_output_results_reprs_or_errors(
     if stream:
         dead = [k for k in contents if dead_letter_key(KEY_SUBMISSION_TOPIC) in k]
         assert len(dead) == 2
+
+
+def test_no_secret_reaches_the_processors_json_log_at_debug(
+    secret_server: RedisServer, admin: redis.Redis, tmp_path: Path
+) -> None:
+    url = url_with(secret_server.port, PASSWORD)
+    command = [sys.executable, "-m", "redis_events.processor", "--redis-url", url]
+    command += ["--transport", "stream", "--consumer", "c", "--stats-interval", "0"]
+    command += ["--log-format", "json", "--log-level", "DEBUG"]
+    err_path = tmp_path / "processor.err"
+    with err_path.open("wb") as err:
+        process = subprocess.Popen(command, stdout=err, stderr=err)
+
+    try:
+        poll_until(lambda: b"Consuming" in err_path.read_bytes(), timeout=15)
+        wire = stream_key(KEY_SUBMISSION_TOPIC)
+        for key, token in ((VALID_KEY, "valid"), (INVALID_KEY, "invalid")):
+            event = {"key_value": key, "token_name": token}
+            admin.xadd(wire, {"data": json.dumps(event)})
+
+        for data in MALFORMED_EVENTS:
+            admin.xadd(wire, {"data": data})
+
+        results = stream_key(PROCESSING_RESULTS_TOPIC)
+        poll_until(lambda: admin.xlen(dead_letter_key(KEY_SUBMISSION_TOPIC)) == 2)
+        poll_until(lambda: admin.xlen(results) == 2)
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+
+    output = err_path.read_text()
+    records = [json.loads(line) for line in output.splitlines()]
+    assert code == 0, output[-2000:]
+    assert leaks({"json log": output}) == []
+    # The search is known to work: the keys were on the wire, and the log
+    # covers the events at every level, rejects included.
+    on_wire = json.dumps(admin.xrange(stream_key(KEY_SUBMISSION_TOPIC)))
+    assert CORES["valid key"] in on_wire
+    assert CORES["malformed key"] in on_wire
+    levels = {record["level"] for record in records}
+    assert {"DEBUG", "INFO", "WARNING"} <= levels
+    rejected = [r for r in records if r["message"].startswith("Rejected entry")]
+    assert len(rejected) == 2
+    assert all(r["topic"] == KEY_SUBMISSION_TOPIC for r in rejected)

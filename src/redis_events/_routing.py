@@ -223,7 +223,7 @@ class Router:
             "Rejected an event on %s: %s",
             topic,
             exc.reason,
-            extra={"topic": topic},
+            extra={"topic": topic, "reason": exc.reason},
         )
 
     def _topic(self, frame: Frame, group: _Group) -> str | None:
@@ -243,6 +243,7 @@ class Router:
                 logger.warning(
                     "Rejected an event on channel %r: not a valid topic name",
                     frame.channel[:_MAX_LOGGED_NAME],
+                    extra={"reason": "channel name is not a valid topic"},
                 )
 
             return None

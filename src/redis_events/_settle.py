@@ -13,6 +13,8 @@ from redis_events._connection import RETRYABLE_ERRORS, Backoff, translate_error
 from redis_events._keys import dead_letter_key
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from redis.asyncio import Redis
 
     from redis_events.config import Settings
@@ -23,7 +25,7 @@ __all__ = ["Settler"]
 
 logger = logging.getLogger("redis_events._streams")
 
-_DeadLetter = tuple[str, str, str, str, int, dict[bytes, bytes]]
+_DeadLetter = tuple[str, str, str, str, int, dict[bytes, bytes], dict[str, str]]
 
 # KEYS: stream, dead-letter stream (same hash tag, so one cluster slot).
 # ARGV: group, entry id, then the dead letter's field/value pairs.
@@ -75,11 +77,24 @@ class Settler:
         self._wake.set()
 
     def dead_letter(
-        self, key: str, topic: str, entry_id: str, reason: str, count: int
+        self,
+        key: str,
+        topic: str,
+        entry_id: str,
+        reason: str,
+        count: int,
+        *,
+        event: Mapping[str, str] | None = None,
     ) -> None:
-        """Queue a move to the dead-letter stream (with its acknowledgement)."""
+        """Queue a move to the dead-letter stream (with its acknowledgement).
+
+        ``event`` holds what is known of the event (``event_id``,
+        ``event_type``) for the log line.
+        """
         fields = self._fields.pop((key, entry_id), {})
-        self._dead.append((key, topic, entry_id, reason, count, fields))
+        self._dead.append(
+            (key, topic, entry_id, reason, count, fields, {**(event or {})})
+        )
         self._wake.set()
 
     @property
@@ -108,7 +123,7 @@ class Settler:
                         settings=self._settings,
                         topic=", ".join(streams),
                     )
-                    logger.error("%s", self.fatal)
+                    logger.error("%s", self.fatal, extra=self._log_fields())
                     self.failed.set()
                     return
                 except (*RETRYABLE_ERRORS, ResponseError) as exc:
@@ -118,6 +133,7 @@ class Settler:
                         "Could not settle entries yet (%s: %s)",
                         type(exc).__name__,
                         exc,
+                        extra=self._log_fields(),
                     )
                     self._wake.set()
                     await anyio.sleep(backoff.next_delay())
@@ -171,7 +187,7 @@ class Settler:
         self._stats.add("acked", sum(int(n) for n in replies))
 
     async def _write_dead_letter(self, letter: _DeadLetter) -> None:
-        key, topic, entry_id, reason, count, fields = letter
+        key, topic, entry_id, reason, count, fields, event = letter
         record: dict[bytes | str, bytes | str | int] = {
             name if name == b"data" else b"original:" + name: value
             for name, value in fields.items()
@@ -193,7 +209,12 @@ class Settler:
             args=[self._settings.group, entry_id, *_flatten(record)],
         )
         if not moved:
-            logger.debug("Entry %s of %s was already settled", entry_id, topic)
+            logger.debug(
+                "Entry %s of %s was already settled",
+                entry_id,
+                topic,
+                extra=self._log_fields(topic=topic, entry_id=entry_id),
+            )
             return
 
         self._stats.add("dead_lettered")
@@ -205,8 +226,13 @@ class Settler:
             entry_id,
             topic,
             reason,
-            extra={"topic": topic, "entry_id": entry_id},
+            # The event's own fields first: what the settler knows wins.
+            extra=event
+            | self._log_fields(topic=topic, entry_id=entry_id, reason=reason),
         )
+
+    def _log_fields(self, **fields: str) -> dict[str, str]:
+        return {"group": self._settings.group, "consumer": self._consumer} | fields
 
 
 def _flatten(record: dict[bytes | str, bytes | str | int]) -> list[bytes | str | int]:

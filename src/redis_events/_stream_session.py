@@ -100,6 +100,7 @@ class StreamSession:
             self.consumer_name,
             self._settings.group,
             self._settings.masked_url,
+            extra=self.consumer.log_fields(),
         )
 
     async def serve(
@@ -247,7 +248,12 @@ async def _replay_one(
 
         event = registry.decode(topic, data)
     except EventDecodeError as exc:
-        logger.warning("Replay skipped entry %s: %s", _text(entry_id), exc.reason)
+        logger.warning(
+            "Replay skipped entry %s: %s",
+            _text(entry_id),
+            exc.reason,
+            extra={"topic": topic, "entry_id": _text(entry_id), "reason": exc.reason},
+        )
         return 0
 
     result: Any = handler(topic, event)

@@ -96,6 +96,10 @@ class StreamConsumer:
         for name in STREAM_COUNTERS:
             stats.extra.setdefault(name, 0)
 
+    def log_fields(self, **fields: str) -> dict[str, str]:
+        """Return ``fields`` with this consumer's group and name, for ``extra=``."""
+        return {"group": self.group, "consumer": self.consumer} | fields
+
     @property
     def failing(self) -> bool:
         """Tell whether Redis failed the last read and reads are being retried."""
@@ -160,7 +164,12 @@ class StreamConsumer:
             if delivery.delivery_count >= self._settings.max_deliveries:
                 reason = f"handler {outcome.value} {delivery.delivery_count} times"
                 self.settler.dead_letter(
-                    key, delivery.topic, entry_id, reason, delivery.delivery_count
+                    key,
+                    delivery.topic,
+                    entry_id,
+                    reason,
+                    delivery.delivery_count,
+                    event=delivery.log_fields(),
                 )
             else:
                 self._stats.add("retries")
@@ -223,7 +232,11 @@ class StreamConsumer:
             try:
                 await self._refresh_in_flight()
             except (*RETRYABLE_ERRORS, ResponseError) as exc:
-                logger.debug("Could not refresh entries in flight (%s)", exc)
+                logger.debug(
+                    "Could not refresh entries in flight (%s)",
+                    exc,
+                    extra=self.log_fields(),
+                )
 
     async def _read_history(self, on_delivery: OnDelivery) -> bool:
         """Take back this consumer's own pending entries after a restart.
@@ -267,7 +280,12 @@ class StreamConsumer:
             if not claimed:
                 # Already claimed and settled elsewhere, or deleted (Redis
                 # then drops it from the pending list itself): nothing to do.
-                logger.debug("Retry of %s on %s found nothing to claim", entry_id, key)
+                logger.debug(
+                    "Retry of %s on %s found nothing to claim",
+                    entry_id,
+                    key,
+                    extra=self.log_fields(topic=self._topics[key], entry_id=entry_id),
+                )
                 continue
 
             entry = _entry(claimed[0])
@@ -299,6 +317,13 @@ class StreamConsumer:
 
                 if entries:
                     self._stats.add("reclaimed", len(entries))
+                    logger.info(
+                        "Claimed %d entries of %s idle for %.1f s or more",
+                        len(entries),
+                        key,
+                        self._settings.claim_min_idle,
+                        extra=self.log_fields(topic=self._topics[key]),
+                    )
                     await self._deliver_counted(key, entries, on_delivery)
 
                 if cursor == "0-0":
@@ -424,7 +449,7 @@ class StreamConsumer:
             entry_id,
             topic,
             reason,
-            extra={"topic": topic, "entry_id": entry_id},
+            extra=self.log_fields(topic=topic, entry_id=entry_id, reason=reason),
         )
         self.settler.dead_letter(key, topic, entry_id, f"invalid: {reason}", count)
 
@@ -439,7 +464,12 @@ class StreamConsumer:
 
         self._missing_seen.add((key, entry_id))
         self._stats.add("missing_entries")
-        logger.warning("Pending entry %s of %s no longer exists", entry_id, key)
+        logger.warning(
+            "Pending entry %s of %s no longer exists",
+            entry_id,
+            key,
+            extra=self.log_fields(topic=self._topics[key], entry_id=entry_id),
+        )
         self.settler.ack(key, entry_id)
 
     async def _create_group(self, key: str, start: str) -> None:
@@ -465,6 +495,7 @@ class StreamConsumer:
         logger.warning(
             "Consumer group %r is gone (Redis restarted empty?); creating it again",
             self.group,
+            extra=self.log_fields(),
         )
         self._stats.add("groups_recreated")
         # Entries in flight or waiting for a retry belonged to the old group.
@@ -489,6 +520,7 @@ class StreamConsumer:
                 self._settings.masked_url,
                 type(exc).__name__,
                 exc,
+                extra=self.log_fields(),
             )
 
         await anyio.sleep(delay)
@@ -497,7 +529,7 @@ class StreamConsumer:
         if self._failing:
             self._failing = False
             self._stats.reconnects += 1
-            logger.info("Stream consumer reached Redis again")
+            logger.info("Stream consumer reached Redis again", extra=self.log_fields())
 
         self._backoff.reset()
 

@@ -84,6 +84,27 @@ class Delivery:
 
         return getattr(self.event, "event_id", None)
 
+    @property
+    def event_type(self) -> str | None:
+        """The event's ``event_type``, if it has one."""
+        if isinstance(self.event, dict):
+            value = self.event.get("event_type")
+            return value if isinstance(value, str) else None
+
+        value = getattr(self.event, "event_type", None)
+        return value if isinstance(value, str) else None
+
+    def log_fields(self) -> dict[str, str]:
+        """Return the topic, event id and event type known, for ``extra=``."""
+        fields = {"topic": self.topic}
+        if self.event_id is not None:
+            fields["event_id"] = self.event_id
+
+        if self.event_type is not None:
+            fields["event_type"] = self.event_type
+
+        return fields
+
 
 def current_delivery() -> Delivery:
     """Return the delivery the calling handler is working on.
@@ -415,7 +436,7 @@ class Dispatcher:
             self._handler_timeout,
             delivery.topic,
             delivery.event_id,
-            extra={"topic": delivery.topic, "event_id": delivery.event_id},
+            extra=delivery.log_fields(),
         )
         self._finish(worker, Outcome.TIMED_OUT)
 
@@ -460,7 +481,7 @@ class Dispatcher:
             _name(handler),
             delivery.topic,
             delivery.event_id,
-            extra={"topic": delivery.topic, "event_id": delivery.event_id},
+            extra=delivery.log_fields(),
         )
         self._report(delivery, Outcome.CANCELLED)
 
@@ -530,7 +551,7 @@ class Dispatcher:
             delivery.topic,
             delivery.event_id,
             exc_info=exc,
-            extra={"topic": delivery.topic, "event_id": delivery.event_id},
+            extra=delivery.log_fields(),
         )
         return Outcome.FAILED
 

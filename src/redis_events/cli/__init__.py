@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import click
 
+from redis_events.cli._logs import LogOptions, logging_options
+
 __all__ = ["main"]
 
 
@@ -17,12 +19,21 @@ __all__ = ["main"]
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}
 )
 @click.version_option(package_name="redis-events")
-def main() -> None:
+@logging_options
+@click.pass_context
+def main(context: click.Context, log_level: str, log_format: str) -> None:
     """Publish, follow, inspect and operate events on Redis.
 
     Connection settings come from --redis-url on each command or from the
     environment (REDIS_URL, REDIS_EVENTS_*), as for the library itself.
+    The logging options below go before the command:
+
+    \b
+      redis-events --log-format json tail key_submission
     """
+    context.obj = LogOptions(
+        level=log_level, format="json" if log_format == "json" else "text"
+    )
 
 
 # Imported after ``main`` exists: the command modules only define commands,

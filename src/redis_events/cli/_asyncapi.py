@@ -20,7 +20,13 @@ import yaml
 
 import redis_events
 from redis_events._keys import dead_letter_key, stream_key
-from redis_events.cli._common import EXIT_USAGE, build_settings, fail, redis_url_option
+from redis_events.cli._common import (
+    EXIT_USAGE,
+    build_settings,
+    fail,
+    redis_url_option,
+    say,
+)
 from redis_events.codec import EventRegistry
 
 if TYPE_CHECKING:
@@ -270,6 +276,4 @@ def asyncapi(
         fail(f"cannot write {output}: {exc.strerror or exc}", EXIT_USAGE)
 
     if output is not None:
-        click.echo(
-            f"Wrote the AsyncAPI {ASYNCAPI_VERSION} document to {output}.", err=True
-        )
+        say(f"Wrote the AsyncAPI {ASYNCAPI_VERSION} document to {output}.")

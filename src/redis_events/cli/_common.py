@@ -11,8 +11,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Awaitable, Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar
 
 import anyio
@@ -20,6 +19,7 @@ import click
 from pydantic import BaseModel
 
 from redis_events import _constants as c
+from redis_events.cli._logs import library_logs, say
 from redis_events.config import Settings
 from redis_events.events import REDACTED
 from redis_events.exceptions import (
@@ -39,10 +39,10 @@ __all__ = [
     "build_settings",
     "events",
     "fail",
-    "library_warnings",
     "plain",
     "redis_url_option",
     "run",
+    "say",
     "transport_option",
 ]
 
@@ -120,10 +120,13 @@ def build_settings(redis_url: str | None, **options: Any) -> Settings:
 
 
 def fail(message: str, code: int) -> NoReturn:
-    """Print ``message`` as one line on stderr and exit with ``code``."""
+    """Print ``message`` as one line on stderr and exit with ``code``.
+
+    With ``--log-format json`` the line is an ERROR record in JSON.
+    """
     command = click.get_current_context(silent=True)
     name = command.command_path if command is not None else "redis-events"
-    click.echo(f"{name}: error: {message}", err=True)
+    say(message, level=logging.ERROR, prefix=f"{name}: error: ")
     sys.exit(code)
 
 
@@ -132,14 +135,16 @@ def run(function: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) 
 
     Input and configuration errors exit 2, everything else from Redis 1;
     the library's message is printed as it is (it never holds a payload or a
-    password).
+    password). The library's own records go to stderr meanwhile, from
+    ``--log-level`` on and in ``--log-format``.
     """
 
     async def call() -> T:
         return await function(*args, **kwargs)
 
     try:
-        return anyio.run(call)
+        with library_logs():
+            return anyio.run(call)
     except OutputClosedError:
         # The reader has all it wanted: a normal end, as for `yes | head`.
         sys.exit(0)
@@ -149,38 +154,6 @@ def run(function: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) 
         fail(f"{exc}; check that Redis runs there, or pass --redis-url", EXIT_REDIS)
     except RedisEventsError as exc:
         fail(str(exc), EXIT_REDIS)
-
-
-class _StderrHandler(logging.Handler):
-    """Write records to the current stderr as ``<command>: warning: ...``."""
-
-    def __init__(self, command: str) -> None:
-        super().__init__(logging.WARNING)
-        self._command = command
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            level = record.levelname.lower()
-            click.echo(f"{self._command}: {level}: {record.getMessage()}", err=True)
-        except Exception:  # A log handler must never raise.
-            self.handleError(record)
-
-
-@contextmanager
-def library_warnings() -> Iterator[None]:
-    """Show the library's warnings (skipped entries, retries) on stderr.
-
-    The handler is removed again at the end, so that running a command
-    in-process leaves logging as it was.
-    """
-    command = click.get_current_context(silent=True)
-    handler = _StderrHandler(command.command_path if command else "redis-events")
-    library = logging.getLogger("redis_events")
-    library.addHandler(handler)
-    try:
-        yield
-    finally:
-        library.removeHandler(handler)
 
 
 def events(count: int) -> str:

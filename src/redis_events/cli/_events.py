@@ -7,6 +7,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 import click
+from click.core import ParameterSource
 
 from redis_events._connection import REDIS_ERRORS, create_client, translate_error
 from redis_events._keys import stream_key
@@ -17,9 +18,9 @@ from redis_events.cli._common import (
     build_settings,
     events,
     fail,
-    library_warnings,
     redis_url_option,
     run,
+    say,
     transport_option,
 )
 from redis_events.cli._output import EventPrinter
@@ -84,8 +85,7 @@ def publish(
     except EventError as exc:
         fail(f"{exc}; fix the event and publish again", EXIT_USAGE)
 
-    with library_warnings():
-        result = run(_publish, settings, registry, topic, published)
+    result = run(_publish, settings, registry, topic, published)
 
     printer = EventPrinter(json_lines=json_lines)
     if settings.transport == "stream":
@@ -232,16 +232,14 @@ def replay(
     registry = EventRegistry(max_event_bytes=settings.max_event_bytes)
     target = (into or topic) if republish else None
     printer = EventPrinter(json_lines=json_lines)
-    with library_warnings():
-        count = run(_replay, settings, registry, topic, start, end, printer, target)
+    count = run(_replay, settings, registry, topic, start, end, printer, target)
 
     if target is None:
-        click.echo(f"Replayed {events(count)} of {topic}.", err=True)
+        say(f"Replayed {events(count)} of {topic}.")
     else:
-        click.echo(
+        say(
             f"Re-published {events(count)} of {topic} to {target} "
-            f"({settings.transport}).",
-            err=True,
+            f"({settings.transport})."
         )
 
 
@@ -259,10 +257,9 @@ async def _replay(
         # does not replay its own copies forever.
         end = await _newest_entry(settings, topic)
         if end is None:
-            click.echo(
+            say(
                 f"The stream {stream_key(topic)} is empty or missing: only "
-                "events published with --transport stream are kept.",
-                err=True,
+                "events published with --transport stream are kept."
             )
             return 0
 
@@ -326,13 +323,33 @@ async def _newest_entry(settings: Settings, topic: str) -> str | None:
     short_help="Run the event processor service (see processor --help).",
 )
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def processor(args: tuple[str, ...]) -> None:
+@click.pass_context
+def processor(context: click.Context, args: tuple[str, ...]) -> None:
     """Run the event processor service (redis-events processor --help).
 
     The same as python -m redis_events.processor: every argument is passed
-    on, and --help lists the processor's own options.
+    on, and --help lists the processor's own options. --log-level and
+    --log-format given before the command are passed on too, unless given
+    again after it.
     """
     # Imported here: the other commands need none of the service's modules.
     from redis_events.processor._cli import main as processor_main
 
-    sys.exit(processor_main(list(args)))
+    sys.exit(processor_main([*_group_log_flags(context, args), *args]))
+
+
+def _group_log_flags(context: click.Context, args: tuple[str, ...]) -> list[str]:
+    """Return the group's log flags that were typed, for the processor.
+
+    Values from the environment are left out: the processor reads the same
+    variables itself, with its own default level (INFO).
+    """
+    group = context.find_root()
+    flags = []
+    for name in ("log_level", "log_format"):
+        flag = "--" + name.replace("_", "-")
+        typed = group.get_parameter_source(name) is ParameterSource.COMMANDLINE
+        if typed and not any(a == flag or a.startswith(f"{flag}=") for a in args):
+            flags += [flag, str(group.params[name])]
+
+    return flags

@@ -9,6 +9,7 @@ are redacted by ``DeadLetter.redacted_data``.
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import sys
 from dataclasses import asdict
@@ -21,7 +22,7 @@ from rich.live import Live
 from rich.table import Table
 
 from redis_events.admin import EventAdmin
-from redis_events.cli._common import redis_url_option
+from redis_events.cli._common import redis_url_option, say
 from redis_events.cli._common import run as run_command
 from redis_events.cli._views import (
     Frame,
@@ -191,7 +192,7 @@ def requeue(
 
     click.echo(f"Requeued {len(result.requeued)} dead letters of {topic}.")
     for entry_id in result.empty:
-        click.echo(f"kept {entry_id}: it holds no event to put back", err=True)
+        say(f"kept {entry_id}: it holds no event to put back", level=logging.WARNING)
 
     if result.missing:
         missing = ", ".join(result.missing)

@@ -12,6 +12,7 @@ two slots.
 
 from __future__ import annotations
 
+import logging
 import signal
 from typing import TYPE_CHECKING, Any, cast
 
@@ -38,9 +39,9 @@ from redis_events.cli._common import (
     build_settings,
     events,
     fail,
-    library_warnings,
     redis_url_option,
     run,
+    say,
     transport_option,
 )
 from redis_events.cli._output import EventPrinter
@@ -126,14 +127,13 @@ def tail(
 
     tailer = _Tailer(settings, EventPrinter(json_lines=json_lines), count)
     try:
-        with library_warnings():
-            run(tailer.follow, channels, patterns)
+        run(tailer.follow, channels, patterns)
     except KeyboardInterrupt:
         # Ctrl-C before the signal handler was installed: still a clean stop.
         pass
 
     closed = " (the output was closed)" if tailer.output_closed else ""
-    click.echo(f"Stopped after {events(tailer.printer.printed)}{closed}.", err=True)
+    say(f"Stopped after {events(tailer.printer.printed)}{closed}.")
 
 
 class _Tailer:
@@ -187,10 +187,7 @@ class _Tailer:
             self._scope.cancel()
 
     def _following(self, what: str) -> None:
-        click.echo(
-            f"Following {what} at {self.settings.masked_url} (Ctrl-C to stop)",
-            err=True,
-        )
+        say(f"Following {what} at {self.settings.masked_url} (Ctrl-C to stop)")
 
     def _show(
         self,
@@ -335,7 +332,7 @@ class _Tailer:
                 if not is_retryable(exc):
                     raise error from exc
 
-                click.echo(f"{error}; retrying", err=True)
+                say(f"{error}; retrying", level=logging.WARNING)
                 await anyio.sleep(backoff.next_delay())
                 continue
 

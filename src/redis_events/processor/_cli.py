@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Annotated
 
@@ -17,15 +16,21 @@ from pydantic import Field, field_validator
 from pydantic_settings import NoDecode
 
 from redis_events import _constants as c
+from redis_events._log_format import LOG_FORMATS, LogFormat, configure_logging
 from redis_events.codec import validate_topic
 from redis_events.config import Settings
 from redis_events.exceptions import ConfigurationError, RedisEventsError
 from redis_events.metrics import Metrics
 from redis_events.processor._core import EventProcessor
-from redis_events.processor._service import EXIT_OK, EXIT_UNAVAILABLE, serve
+from redis_events.processor._service import (
+    EXIT_OK,
+    EXIT_UNAVAILABLE,
+    print_error,
+    run_service,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
 __all__ = ["ProcessorSettings", "main"]
 
@@ -41,6 +46,7 @@ class ProcessorSettings(Settings):
         default_factory=lambda: list(c.DEFAULT_PROCESSOR_TOPICS), min_length=1
     )
     log_level: str = "INFO"
+    log_format: LogFormat = "text"
     stats_interval: float = Field(default=60.0, ge=0)
     metrics_port: int = Field(default=0, ge=0, le=65535)
     metrics_host: str = "127.0.0.1"
@@ -109,6 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="DEBUG, INFO, WARNING or ERROR (env REDIS_EVENTS_LOG_LEVEL; default INFO)",
     )
     parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        help="text, or json for one JSON object per line with timestamp, "
+        "level, logger, message and the event's topic, event_id, event_type, "
+        "group and consumer where known (env REDIS_EVENTS_LOG_FORMAT; "
+        "default text)",
+    )
+    parser.add_argument(
         "--transport",
         choices=["pubsub", "stream"],
         help="pubsub (fire-and-forget) or stream (consumer group, "
@@ -165,14 +179,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             given.pop("redis_url", None), **given
         )
     except ConfigurationError as exc:
-        print(f"redis-events processor: {exc}", file=sys.stderr)  # noqa: T201
+        # Settings from the environment are unknown here: only the flag can
+        # ask for JSON.
+        if args.log_format == "json":
+            configure_logging(level="INFO", log_format="json")
+
+        _reporter(args.log_format or "text")(str(exc))
         return EXIT_UNAVAILABLE
 
     assert isinstance(settings, ProcessorSettings)
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(level=settings.log_level, log_format=settings.log_format)
     if settings.scheme == "memory":
         logger.warning(
             "%s is an in-process Redis: no other process can send this "
@@ -190,19 +206,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
+def _reporter(log_format: LogFormat) -> Callable[[str], None]:
+    """Return how to report an error that ends the processor.
+
+    As one plain line in text, as an ERROR record in JSON, so that every
+    line on stderr is a JSON object.
+    """
+    if log_format == "json":
+        return _log_error
+
+    return print_error
+
+
+def _log_error(message: str) -> None:
+    logger.error("%s", message)
+
+
 async def _replay(settings: ProcessorSettings, start: str) -> int:
+    report = _reporter(settings.log_format)
     if settings.transport != "stream":
-        print(  # noqa: T201
-            "redis-events processor: --replay-from needs --transport stream",
-            file=sys.stderr,
-        )
+        report("--replay-from needs --transport stream")
         return EXIT_UNAVAILABLE
 
     processor = EventProcessor(settings=settings, topics=settings.topics)
     try:
         counts = await processor.replay(start=start)
     except RedisEventsError as exc:
-        print(f"redis-events processor: {exc}", file=sys.stderr)  # noqa: T201
+        report(str(exc))
         return EXIT_UNAVAILABLE
 
     for topic, count in counts.items():
@@ -214,8 +244,11 @@ async def _replay(settings: ProcessorSettings, start: str) -> int:
 
 async def _serve(settings: ProcessorSettings) -> int:
     processor = EventProcessor(settings=settings, topics=settings.topics)
+    report = _reporter(settings.log_format)
     if not settings.metrics_port:
-        return await serve(processor, stats_interval=settings.stats_interval)
+        return await run_service(
+            processor, stats_interval=settings.stats_interval, report=report
+        )
 
     metrics = Metrics()
     metrics.attach(processor.subscriber)
@@ -225,12 +258,13 @@ async def _serve(settings: ProcessorSettings) -> int:
                 metrics.serving(host=settings.metrics_host, port=settings.metrics_port)
             )
         except OSError as exc:
-            print(  # noqa: T201
-                "redis-events processor: cannot serve metrics on "
+            report(
+                "cannot serve metrics on "
                 f"{settings.metrics_host}:{settings.metrics_port} "
-                f"({exc.strerror or exc})",
-                file=sys.stderr,
+                f"({exc.strerror or exc})"
             )
             return EXIT_UNAVAILABLE
 
-        return await serve(processor, stats_interval=settings.stats_interval)
+        return await run_service(
+            processor, stats_interval=settings.stats_interval, report=report
+        )

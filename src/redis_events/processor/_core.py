@@ -217,7 +217,7 @@ class EventProcessor:
             event.token_name,
             event.event_id,
             valid,
-            extra={"topic": topic, "event_id": event.event_id},
+            extra=_log_fields(topic, event),
         )
 
     async def handle_profile_event(self, topic: str, event: object) -> None:
@@ -238,7 +238,7 @@ class EventProcessor:
             event.profile_id,
             action,
             event.event_id,
-            extra={"topic": topic, "event_id": event.event_id},
+            extra=_log_fields(topic, event),
         )
 
     async def handle_result(self, topic: str, event: object) -> None:
@@ -247,13 +247,13 @@ class EventProcessor:
         logger.debug(
             "Result %s received",
             getattr(event, "event_type", None),
-            extra={"topic": topic},
+            extra=_log_fields(topic, event),
         )
 
     async def handle_other(self, topic: str, event: object) -> None:
         """Count and log an event on a topic without business rules."""
         self._counts["other_events"] += 1
-        logger.info("Event on %s received", topic, extra={"topic": topic})
+        logger.info("Event on %s received", topic, extra=_log_fields(topic, event))
 
     def _unexpected(self, topic: str, event: object) -> None:
         self._counts["other_events"] += 1
@@ -261,5 +261,18 @@ class EventProcessor:
             "Ignored a %s on %s: not the model this processor handles",
             type(event).__name__,
             topic,
-            extra={"topic": topic},
+            extra=_log_fields(topic, event),
         )
+
+
+def _log_fields(topic: str, event: object) -> dict[str, str]:
+    """Return the topic and the event's id and type where known, for ``extra=``."""
+    fields = {"topic": topic}
+    for name in ("event_id", "event_type"):
+        value = (
+            event.get(name) if isinstance(event, dict) else getattr(event, name, None)
+        )
+        if isinstance(value, str):
+            fields[name] = value
+
+    return fields

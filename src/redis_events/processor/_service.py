@@ -21,7 +21,14 @@ if TYPE_CHECKING:
 
     from redis_events.processor._core import EventProcessor
 
-__all__ = ["EXIT_FORCED", "EXIT_OK", "EXIT_UNAVAILABLE", "serve"]
+__all__ = [
+    "EXIT_FORCED",
+    "EXIT_OK",
+    "EXIT_UNAVAILABLE",
+    "print_error",
+    "run_service",
+    "serve",
+]
 
 logger = logging.getLogger("redis_events.processor")
 
@@ -38,6 +45,26 @@ async def serve(processor: EventProcessor, *, stats_interval: float = 60.0) -> i
     every ``stats_interval`` seconds (0 = never) and once at the end. When
     Redis cannot be reached at start, one line naming the address goes to
     stderr and the exit code is 2.
+    """
+    return await run_service(
+        processor, stats_interval=stats_interval, report=print_error
+    )
+
+
+def print_error(message: str) -> None:
+    """Write ``message`` to stderr as one line naming the processor."""
+    print(f"redis-events processor: {message}", file=sys.stderr)  # noqa: T201
+
+
+async def run_service(
+    processor: EventProcessor,
+    *,
+    stats_interval: float,
+    report: Callable[[str], None],
+) -> int:
+    """Do what ``serve`` does, reporting an unreachable Redis with ``report``.
+
+    The command line passes a ``report`` that writes in its log format.
     """
     stopping = anyio.Event()
     forced = False
@@ -72,7 +99,7 @@ async def serve(processor: EventProcessor, *, stats_interval: float = 60.0) -> i
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with anyio.create_task_group() as task_group:
             task_group.start_soon(watch_signals)
-            code = await _run(processor, stopping, stats_interval, report_stats)
+            code = await _run(processor, stopping, stats_interval, report_stats, report)
             task_group.cancel_scope.cancel()
 
     if code == EXIT_OK:
@@ -86,6 +113,7 @@ async def _run(
     stopping: anyio.Event,
     stats_interval: float,
     report_stats: Callable[[], Coroutine[Any, Any, None]],
+    report: Callable[[str], None],
 ) -> int:
     error: RedisEventsError | None = None
     async with anyio.create_task_group() as task_group:
@@ -113,7 +141,7 @@ async def _run(
                 task_group.cancel_scope.cancel()
 
     if error is not None:
-        print(f"redis-events processor: {error}", file=sys.stderr)  # noqa: T201
+        report(str(error))
         return EXIT_UNAVAILABLE
 
     return EXIT_OK
