@@ -438,6 +438,8 @@ def test_replay_prints_the_range_oldest_first_and_reports_bad_entries(
     assert result.exit_code == 0, result.output
     events = [json.loads(line)["event"] for line in result.stdout.splitlines()]
     assert [e["n"] for e in events] == [2, 3, 4]
+    ids = [json.loads(line)["entry_id"] for line in result.stdout.splitlines()]
+    assert ids == ["2000-0", "3000-0", "4000-0"]
     assert {e["key_value"] for e in events} == {"**********"}
     assert "warning: Replay skipped entry 3000-1: Invalid JSON" in result.stderr
     assert "Replayed 3 events" in result.stderr
@@ -480,6 +482,96 @@ def test_replay_republishing_into_its_own_stream_stops_at_the_newest_entry(
 
     assert result.exit_code == 0, result.output
     assert r.xlen(stream_of(topic)) == 6 + 5
+
+
+def republished(
+    r: redis.Redis, url: str, topic: str, transport: str, target: str, *args: str
+) -> tuple[Result, list[str]]:
+    """Run ``replay TOPIC ARGS --republish``; return it and the data sent."""
+    command = ["replay", topic, *args, "--republish", "--transport", transport]
+    if target != topic:
+        command += ["--into", target]
+
+    if transport == "stream":
+        before = {entry_id for entry_id, _ in entries(r, target)}
+        result = invoke(*command, "--redis-url", url)
+        sent = [f["data"] for i, f in entries(r, target) if i not in before]
+        return result, sent
+
+    with RawSubscriber(r, target) as raw:
+        result = invoke(*command, "--redis-url", url)
+        raw.flush()
+        return result, [data for _, data in raw.messages]
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("transport", ["stream", "pubsub"])
+def test_republishing_a_model_event_into_a_topic_without_one_copies_its_bytes(
+    redis_url: str, r: redis.Redis, uid: str, transport: str
+) -> None:
+    # A key_submitted event stored without event_id and timestamp: decoded,
+    # its model fills both in, and a topic without a model would redact
+    # key_value. The copy must be the stored bytes all the same.
+    stored = json.dumps({"key_value": SECRET, "token_name": f"T-{uid}"})
+    entry_id = str(r.xadd(stream_of("key_submission"), {"data": stored}))
+    try:
+        result, sent = republished(
+            r, redis_url, "key_submission", transport, f"cli-{uid}-copy",
+            "--from", entry_id, "--to", entry_id, "--json",
+        )  # fmt: skip
+    finally:
+        r.xdel(stream_of("key_submission"), entry_id)
+
+    assert result.exit_code == 0, result.output
+    assert sent == [stored]
+    printed = json.loads(result.stdout)
+    assert printed["entry_id"] == entry_id
+    assert printed["event"]["key_value"] == "**********"
+    assert SECRET not in result.output
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("transport", ["stream", "pubsub"])
+def test_republishing_into_the_same_topic_keeps_an_entry_without_event_id_as_it_is(
+    redis_url: str, r: redis.Redis, uid: str, transport: str
+) -> None:
+    topic = f"cli-{uid}"
+    stored = [
+        json.dumps({"event_type": "tick", "n": n, "key_value": SECRET})
+        for n in range(3)
+    ]
+    for data in stored:
+        r.xadd(stream_of(topic), {"data": data})
+
+    for _ in range(2):
+        result, sent = republished(
+            r, redis_url, topic, transport, topic, "--from", "all"
+        )
+
+        assert result.exit_code == 0, result.output
+        assert sent[:3] == stored
+        assert SECRET not in result.output
+
+
+@pytest.mark.redis
+def test_republishing_an_event_that_does_not_fit_the_target_model_sends_nothing(
+    redis_url: str, r: redis.Redis, uid: str
+) -> None:
+    topic = f"cli-{uid}"
+    good = {"event_type": "profile_deleted", "profile_id": 7, "event_id": "e1"}
+    r.xadd(stream_of(topic), {"data": json.dumps({"profile_id": 1})}, id="1-0")
+    r.xadd(stream_of(topic), {"data": json.dumps(good)}, id="2-0")
+
+    result, sent = republished(
+        r, redis_url, topic, "pubsub", "profile_events", "--from", "all"
+    )
+
+    assert result.exit_code == 0, result.output
+    assert [json.loads(data)["event_id"] for data in sent] == ["e1"]
+    assert "Entry 1-0 not re-published: " in result.stderr
+    assert "event_type" in result.stderr
+    assert "Re-published 1 event of " in result.stderr
+    assert "1 refused by profile_events" in result.stderr
 
 
 @pytest.mark.parametrize(

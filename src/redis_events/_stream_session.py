@@ -6,6 +6,7 @@ import logging
 import os
 import secrets
 import socket
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -19,17 +20,24 @@ from redis_events._topology import is_cluster
 from redis_events.exceptions import ConfigurationError, EventDecodeError
 
 if TYPE_CHECKING:
-    from collections.abc import Hashable
+    from collections.abc import Awaitable, Callable, Hashable
 
     from anyio.abc import TaskStatus
     from redis.asyncio import Redis
 
     from redis_events._routing import Router
-    from redis_events.codec import EventRegistry
+    from redis_events.codec import DecodedEvent, EventRegistry
     from redis_events.config import Settings
     from redis_events.dispatcher import Delivery, Dispatcher, Handler, Stats
 
-__all__ = ["StreamSession", "default_consumer_name", "group_info", "replay"]
+__all__ = [
+    "ReplayedEntry",
+    "StreamSession",
+    "default_consumer_name",
+    "group_info",
+    "replay",
+    "replay_entries",
+]
 
 logger = logging.getLogger("redis_events.subscriber")
 
@@ -182,6 +190,20 @@ async def _cancel_when_set(event: anyio.Event, scope: anyio.CancelScope) -> None
     scope.cancel()
 
 
+@dataclass(frozen=True, slots=True)
+class ReplayedEntry:
+    """One stream entry of a replay: where it is, its stored bytes, its event.
+
+    ``data`` is the entry's ``data`` field exactly as it was stored, so that
+    a copy of it is faithful: secrets in clear and the original ``event_id``.
+    """
+
+    topic: str
+    entry_id: str
+    data: bytes
+    event: DecodedEvent
+
+
 async def replay(
     settings: Settings,
     registry: EventRegistry,
@@ -204,6 +226,39 @@ async def replay(
         RedisUnavailableError: Redis cannot be reached.
         ConfigurationError: ``start`` or ``end`` is not usable.
     """
+
+    async def give(entry: ReplayedEntry) -> None:
+        result: Any = handler(entry.topic, entry.event)
+        if hasattr(result, "__await__"):
+            await result
+
+    return await replay_entries(
+        settings, registry, topic, give, start=start, end=end, batch=batch
+    )
+
+
+async def replay_entries(
+    settings: Settings,
+    registry: EventRegistry,
+    topic: str,
+    handler: Callable[[ReplayedEntry], Awaitable[None]],
+    *,
+    start: str = "all",
+    end: str | None = None,
+    batch: int = 500,
+) -> int:
+    """Feed ``topic``'s stream entries to ``handler``, oldest first.
+
+    Like ``replay``, but each decoded event comes with its entry id and its
+    stored bytes (what ``redis-events replay`` prints and republishes).
+
+    Returns:
+        How many entries the handler was given.
+
+    Raises:
+        RedisUnavailableError: Redis cannot be reached.
+        ConfigurationError: ``start`` or ``end`` is not usable.
+    """
     key = stream_key(topic)
     if start == "new":
         msg = "replay starts at all, an entry id or a time, not at new"
@@ -219,7 +274,10 @@ async def replay(
                 await client.xrange(key, first, last, count=batch) or []
             )
             for entry_id, fields in entries:
-                given += await _replay_one(registry, topic, handler, entry_id, fields)
+                entry = _decode_entry(registry, topic, _text(entry_id), fields)
+                if entry is not None:
+                    await handler(entry)
+                    given += 1
 
             if len(entries) < batch:
                 return given
@@ -234,13 +292,12 @@ async def replay(
             await client.aclose()
 
 
-async def _replay_one(
+def _decode_entry(
     registry: EventRegistry,
     topic: str,
-    handler: Handler,
-    entry_id: bytes | str,
+    entry_id: str,
     fields: dict[bytes, bytes] | None,
-) -> int:
+) -> ReplayedEntry | None:
     data = fields.get(DATA_FIELD) if fields else None
     try:
         if data is None:
@@ -250,17 +307,14 @@ async def _replay_one(
     except EventDecodeError as exc:
         logger.warning(
             "Replay skipped entry %s: %s",
-            _text(entry_id),
+            entry_id,
             exc.reason,
-            extra={"topic": topic, "entry_id": _text(entry_id), "reason": exc.reason},
+            extra={"topic": topic, "entry_id": entry_id, "reason": exc.reason},
         )
-        return 0
+        return None
 
-    result: Any = handler(topic, event)
-    if hasattr(result, "__await__"):
-        await result
-
-    return 1
+    stored = data.encode() if isinstance(data, str) else data
+    return ReplayedEntry(topic=topic, entry_id=entry_id, data=stored, event=event)
 
 
 async def group_info(

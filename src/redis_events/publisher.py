@@ -29,7 +29,12 @@ from redis_events.events import (
     ProfileDeleted,
     ProfileUpdated,
 )
-from redis_events.exceptions import RedisUnavailableError
+from redis_events.exceptions import (
+    EventDecodeError,
+    EventEncodeError,
+    EventTooLargeError,
+    RedisUnavailableError,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -157,6 +162,32 @@ class EventPublisher(Endpoint):
             PermissionDeniedError: The user may not publish to ``topic``.
         """
         data = self.registry.encode(validate_topic(topic), event)
+        if self._tracing is None:
+            return await self._publish_one(topic, data, None)
+
+        with self._tracing.publishing(topic, event) as context:
+            return await self._publish_one(topic, data, context)
+
+    async def _publish_encoded(self, topic: str, data: bytes) -> int | str:
+        """Publish JSON bytes as they are: a faithful copy of a stored event.
+
+        For ``redis-events replay --republish``: encoding the decoded event
+        again would redact secrets for a topic without a model and give an
+        event without ``event_id`` a new one. The bytes are decoded as an
+        event of ``topic`` first, so that the size limit and the topic's
+        model (when it has one) hold as for ``publish``.
+
+        Raises:
+            The same errors as ``publish``; an event that does not fit the
+            topic's model raises ``EventEncodeError`` and nothing is sent.
+        """
+        try:
+            event = self.registry.decode(validate_topic(topic), data)
+        except EventTooLargeError:
+            raise
+        except EventDecodeError as exc:
+            raise EventEncodeError(exc.reason, topic=topic) from None
+
         if self._tracing is None:
             return await self._publish_one(topic, data, None)
 

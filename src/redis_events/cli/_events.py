@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -12,7 +14,7 @@ from click.core import ParameterSource
 from redis_events._connection import REDIS_ERRORS, create_client, translate_error
 from redis_events._keys import stream_key
 from redis_events._positions import position_to_id
-from redis_events._stream_session import replay as replay_history
+from redis_events._stream_session import ReplayedEntry, replay_entries
 from redis_events.cli._common import (
     EXIT_USAGE,
     build_settings,
@@ -25,7 +27,7 @@ from redis_events.cli._common import (
 )
 from redis_events.cli._output import EventPrinter
 from redis_events.codec import EventRegistry, validate_topic
-from redis_events.exceptions import ConfigurationError, EventError
+from redis_events.exceptions import ConfigurationError, EventEncodeError, EventError
 from redis_events.publisher import EventPublisher
 
 if TYPE_CHECKING:
@@ -200,10 +202,14 @@ def replay(
     """Print the history of TOPIC's stream, or publish it again.
 
     Reads redis-events:{TOPIC} with XRANGE, oldest first: no consumer group
-    is read from or changed. Secrets are redacted in what is printed; a
-    republished event keeps its secret and its event_id, so consumers can
-    tell a copy. Entries that are not valid events are skipped and reported
-    on stderr.
+    is read from or changed. Each event is printed with its entry id,
+    secrets redacted. Entries that are not valid events are skipped and
+    reported on stderr.
+
+    A republished event is the stored JSON sent again byte for byte: it
+    keeps its secret and its event_id, so consumers can tell a copy. It is
+    still checked against the model of the topic it goes to (and the size
+    limit); one that does not fit is reported on stderr and not sent.
 
     \b
     Examples:
@@ -232,15 +238,24 @@ def replay(
     registry = EventRegistry(max_event_bytes=settings.max_event_bytes)
     target = (into or topic) if republish else None
     printer = EventPrinter(json_lines=json_lines)
-    count = run(_replay, settings, registry, topic, start, end, printer, target)
+    done = run(_replay, settings, registry, topic, start, end, printer, target)
 
     if target is None:
-        say(f"Replayed {events(count)} of {topic}.")
+        say(f"Replayed {events(done.given)} of {topic}.")
     else:
+        refused = f"; {done.refused} refused by {target}" if done.refused else ""
         say(
-            f"Re-published {events(count)} of {topic} to {target} "
-            f"({settings.transport})."
+            f"Re-published {events(done.given - done.refused)} of {topic} to "
+            f"{target} ({settings.transport}){refused}."
         )
+
+
+@dataclass
+class _Replayed:
+    """What a replay did: entries given, and copies refused by the target."""
+
+    given: int = 0
+    refused: int = 0
 
 
 async def _replay(
@@ -251,7 +266,8 @@ async def _replay(
     end: str | None,
     printer: EventPrinter,
     target: str | None,
-) -> int:
+) -> _Replayed:
+    done = _Replayed()
     if end is None:
         # Pinned at the start, so that re-publishing into the same stream
         # does not replay its own copies forever.
@@ -261,42 +277,62 @@ async def _replay(
                 f"The stream {stream_key(topic)} is empty or missing: only "
                 "events published with --transport stream are kept."
             )
-            return 0
+            return done
 
-    # TODO(replay-ids): the library's replay hands over events without their
-    # entry ids, so the printed history shows event ids and times only.
     if target is None:
 
-        async def show(name: str, event: Any) -> None:
-            printer.event(name, event)
+        async def show(entry: ReplayedEntry) -> None:
+            printer.event(entry.topic, entry.event, entry_id=entry.entry_id)
 
-        return await replay_history(
+        done.given = await replay_entries(
             settings, registry, topic, show, start=start, end=end
         )
+        return done
 
     publisher = EventPublisher(settings=settings, registry=registry)
     await publisher.connect()
 
-    async def republish(name: str, event: Any) -> None:
-        result = await publisher.publish(target, event)
+    async def republish(entry: ReplayedEntry) -> None:
+        try:
+            # The stored bytes as they are, not the event encoded again: a
+            # copy keeps its secrets and event_id whatever the target topic.
+            result = await publisher._publish_encoded(target, entry.data)
+        except EventEncodeError as exc:
+            done.refused += 1
+            say(
+                f"Entry {entry.entry_id} not re-published: {exc}",
+                level=logging.WARNING,
+                prefix=f"{_command_path()}: warning: ",
+            )
+            return
+
         if settings.transport == "stream":
-            done, fields = f"entry {result}", {"entry_id": result}
+            note, fields = f"entry {result}", {"new_entry_id": result}
         else:
-            done, fields = f"received by {result}", {"receivers": result}
+            note, fields = f"received by {result}", {"receivers": result}
 
         printer.event(
             target,
-            event,
-            note=f"re-published from {name}: {done}",
-            fields={"republished_from": name, "transport": settings.transport} | fields,
+            entry.event,
+            entry_id=entry.entry_id,
+            note=f"re-published from {entry.topic}: {note}",
+            fields={"republished_from": entry.topic, "transport": settings.transport}
+            | fields,
         )
 
     try:
-        return await replay_history(
+        done.given = await replay_entries(
             settings, registry, topic, republish, start=start, end=end
         )
     finally:
         await publisher.close()
+
+    return done
+
+
+def _command_path() -> str:
+    context = click.get_current_context(silent=True)
+    return context.command_path if context is not None else "redis-events"
 
 
 async def _newest_entry(settings: Settings, topic: str) -> str | None:
