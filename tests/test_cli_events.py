@@ -578,11 +578,13 @@ def test_republishing_an_event_that_does_not_fit_the_target_model_sends_nothing(
     ("args", "message"),
     [
         (("--from", "new"), "new has no history"),
-        (("--from", "yesterday"), "--from must be"),
-        (("--from", "all", "--to", "soon"), "--to must be"),
+        (("--from", "yesterday"), "--from must be all, an entry id (17"),
+        (("--from", "all", "--to", "soon"), "--to must be an entry id (17"),
+        (("--from", "all", "--to", "all"), "--to must be an entry id (17"),
+        (("--from", "all", "--to", "new"), "--to must be an entry id (17"),
         (("--from", "all", "--into", "x"), "--into only works with --republish"),
     ],
-    ids=["new", "bad-from", "bad-to", "into-alone"],
+    ids=["new", "bad-from", "bad-to", "to-all", "to-new", "into-alone"],
 )
 def test_replay_refuses_unusable_positions_with_exit_2(
     args: tuple[str, ...], message: str

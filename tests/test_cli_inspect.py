@@ -231,13 +231,33 @@ async def test_dead_letters_list_show_requeue_and_purge(
     assert "not found (already requeued or purged?)" in again.output
     # No --yes and no answer: nothing deleted.
     assert refused.exit_code == 1
-    assert "Aborted" in refused.output
+    assert "Nothing purged." in refused.output
+    assert "Aborted" not in refused.output
     assert purged.exit_code == 0, purged.output
     assert "Deleted 1 dead letters" in purged.output
     # The invalid entry comes back as a dead letter again.
     assert rest.exit_code == 0, rest.output
     assert "Requeued 1 dead letters" in rest.output
     assert sorted(handled) == [0, 1, 3]
+
+
+@pytest.mark.parametrize("answer", ["n\n", "\n"], ids=["no", "default"])
+def test_purge_answered_no_deletes_nothing_and_exits_1(
+    redis_url: str, r: redis.Redis, uid: str, answer: str
+) -> None:
+    topic = f"{uid}-p"
+    r.xadd(dead_letter_key(topic), {"data": '{"n": 1}', "reason": "x"})
+
+    result = CliRunner().invoke(
+        main,
+        ["dead-letters", "purge", topic, "--all", "--redis-url", redis_url],
+        input=answer,
+    )
+
+    assert result.exit_code == 1
+    assert "Delete every dead letter of" in result.output
+    assert result.output.endswith("Nothing purged.\n")
+    assert r.xlen(dead_letter_key(topic)) == 1
 
 
 def test_requeue_and_purge_need_ids_or_all(redis_url: str, uid: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -12,7 +13,11 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from tests.helpers import RawSubscriber
+
 if TYPE_CHECKING:
+    import redis
+
     from tests.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -112,3 +117,20 @@ def test_demo_events_example_gets_results_from_a_running_processor(
     assert "key result: token='Token1' valid=True length=6" in result.stdout
     assert processor.returncode == 0
     assert "my_secret_key_12345" not in output + result.stdout
+
+
+@pytest.mark.redis
+def test_readmes_first_snippet_runs_as_a_script(redis_url: str, r: redis.Redis) -> None:
+    readme = (ROOT / "README.md").read_text()
+    snippet = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    assert "redis://localhost:6379/0" in snippet
+
+    with RawSubscriber(r, "key_submission") as raw:
+        result = run_python(
+            "-c", snippet.replace("redis://localhost:6379/0", redis_url)
+        )
+        raw.flush()
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    sent = [json.loads(data) for _, data in raw.messages]
+    assert [(e["token_name"], e["key_value"]) for e in sent] == [("Token1", "abc123")]

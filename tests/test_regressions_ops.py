@@ -247,7 +247,7 @@ def test_an_entry_id_redis_cannot_take_is_a_usage_error(
     result = invoke("replay", topic, "--from", position, "--redis-url", redis_url)
 
     assert result.exit_code == 2, result.output
-    assert "--from must be new, all, an entry id" in result.output
+    assert "--from must be all, an entry id" in result.output
     with pytest.raises(ConfigurationError, match="start_from must be"):
         Settings.from_arguments(redis_url, start_from=position)
 

@@ -1,8 +1,9 @@
 """What the commands share: connection options, settings, errors, redaction.
 
-Exit codes of every command: 0 done, 1 Redis refused or could not be
-reached, 2 the input or a setting is not usable (click's own usage errors
-also exit 2).
+Exit codes of every command: 0 done (also when there was nothing to do),
+1 not done (Redis refused or could not be reached, a dead-letter id was not
+found, a purge was declined), 2 the input or a setting is not usable (click's
+own usage errors also exit 2).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from redis_events.codec import DecodedEvent
 
 __all__ = [
+    "EXIT_NOT_DONE",
     "EXIT_REDIS",
     "EXIT_USAGE",
     "OutputClosedError",
@@ -47,6 +49,8 @@ __all__ = [
 ]
 
 EXIT_REDIS = 1
+# The same code as EXIT_REDIS: "not done", for reasons other than Redis.
+EXIT_NOT_DONE = 1
 EXIT_USAGE = 2
 
 # Fields whose values are secrets wherever they appear, also in events of

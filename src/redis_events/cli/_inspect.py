@@ -22,7 +22,7 @@ from rich.live import Live
 from rich.table import Table
 
 from redis_events.admin import EventAdmin
-from redis_events.cli._common import redis_url_option, say
+from redis_events.cli._common import EXIT_NOT_DONE, redis_url_option, say
 from redis_events.cli._common import run as run_command
 from redis_events.cli._views import (
     Frame,
@@ -70,9 +70,12 @@ def groups(topics: tuple[str, ...], as_json: bool, redis_url: str | None) -> Non
     """Show consumer groups: lag, pending entries, consumers and idle times.
 
     Lag counts entries not yet delivered to the group (Redis 7.0+); pending
-    counts entries delivered but not acknowledged, and "oldest pending" is
-    how long ago the oldest of them was last delivered. Without TOPIC every
-    topic is shown (found with SCAN over the whole database).
+    counts entries delivered but not acknowledged. "oldest pending" is the
+    idle time of the oldest of them: since it was last delivered or
+    refreshed. A running consumer refreshes the entries its handlers hold
+    every few seconds, so a large figure means an entry nobody works on.
+    Without TOPIC every topic is shown (found with SCAN over the whole
+    database).
     """
 
     async def gather(admin: EventAdmin) -> tuple[list[Any], list[Any]]:
@@ -209,11 +212,24 @@ def requeue(
 def purge(
     topic: str, ids: tuple[str, ...], every: bool, yes: bool, redis_url: str | None
 ) -> None:
-    """Delete dead letters of TOPIC for good (asks first unless --yes)."""
+    """Delete dead letters of TOPIC for good (asks first unless --yes).
+
+    Answering no (or no answer: standard input closed) deletes nothing,
+    prints "Nothing purged." and exits 1.
+    """
     chosen = _choose(ids, every)
     if not yes:
         what = f"{len(ids)} dead letters" if ids else "every dead letter"
-        click.confirm(f"Delete {what} of {topic}? This cannot be undone", abort=True)
+        question = f"Delete {what} of {topic}? This cannot be undone"
+        try:
+            confirmed = click.confirm(question)
+        except click.Abort:
+            # Ctrl-C or end of input at the prompt.
+            confirmed = False
+
+        if not confirmed:
+            say("Nothing purged.")
+            sys.exit(EXIT_NOT_DONE)
 
     deleted = run(redis_url, lambda admin: admin.purge(topic, chosen))
     click.echo(f"Deleted {deleted} dead letters of {topic}.")
