@@ -161,10 +161,16 @@ def test_publish_reads_the_event_from_a_file_and_from_stdin(
         (json.dumps([SECRET]), "must be a JSON object"),
         (
             json.dumps({"event_type": "profile_renamed", "profile_id": 1}),
-            "'event_type' must be one of",
+            "event_type is not one of: profile_created, profile_updated, "
+            "profile_deleted; fix the event",
+        ),
+        (
+            json.dumps({"profile_id": 1}),
+            "event_type is missing; expected one of: profile_created, "
+            "profile_updated, profile_deleted; fix the event",
         ),
     ],
-    ids=["missing-field", "bad-json", "not-an-object", "unknown-type"],
+    ids=["missing-field", "bad-json", "not-an-object", "unknown-type", "no-type"],
 )
 def test_invalid_event_exits_2_with_the_reason_and_sends_nothing(
     redis_url: str, r: redis.Redis, event: str, reason: str

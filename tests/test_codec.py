@@ -34,6 +34,9 @@ from redis_events import (
 )
 from redis_events.codec import validate_topic
 
+# Needed at run time: pydantic resolves a test model's annotation with it.
+from redis_events.events import ProfileEvent  # noqa: TC001
+
 DEFAULT_TOPICS = [KEY_SUBMISSION_TOPIC, PROFILE_EVENTS_TOPIC, PROCESSING_RESULTS_TOPIC]
 PLAIN_TOPIC = "custom_plain"
 ALL_TOPICS = [*DEFAULT_TOPICS, PLAIN_TOPIC]
@@ -241,6 +244,42 @@ def test_decode_rejects_wrong_shape(topic: str, message: dict[str, Any]) -> None
 def test_decode_rejects_unknown_event_type(topic: str) -> None:
     with pytest.raises(EventDecodeError):
         EventRegistry().decode(topic, _json({"event_type": "no_such_event"}))
+
+
+@pytest.mark.parametrize(
+    ("topic", "tags"),
+    [
+        (PROFILE_EVENTS_TOPIC, "profile_created, profile_updated, profile_deleted"),
+        (PROCESSING_RESULTS_TOPIC, "key_processed, profile_processed"),
+    ],
+)
+def test_event_type_errors_name_the_allowed_types_in_plain_words(
+    topic: str, tags: str
+) -> None:
+    registry = EventRegistry()
+    with pytest.raises(EventDecodeError) as missing:
+        registry.decode(topic, _json({"profile_id": 1}))
+    with pytest.raises(EventEncodeError) as unknown:
+        registry.encode(topic, {"event_type": "profile_renamed", "profile_id": 1})
+    with pytest.raises(EventDecodeError) as not_text:
+        registry.decode(topic, _json({"event_type": [1]}))
+
+    assert missing.value.reason == f"event_type is missing; expected one of: {tags}"
+    assert unknown.value.reason == f"event_type is not one of: {tags}"
+    assert not_text.value.reason == f"event_type is not one of: {tags}"
+
+
+def test_nested_union_errors_say_where_without_pydantic_jargon() -> None:
+    class Envelope(BaseModel):
+        inner: ProfileEvent
+
+    registry = EventRegistry(include_defaults=False)
+    registry.register("wrapped", Envelope)
+
+    with pytest.raises(EventDecodeError) as caught:
+        registry.decode("wrapped", _json({"inner": {"profile_id": 1}}))
+
+    assert caught.value.reason == "inner: event_type is missing"
 
 
 def test_decode_error_is_raised_without_the_pydantic_error_attached() -> None:

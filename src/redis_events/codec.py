@@ -16,7 +16,7 @@ from typing import Any, TypeAlias
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic.json_schema import DEFAULT_REF_TEMPLATE
-from pydantic_core import PydanticSerializationError, to_json
+from pydantic_core import CoreSchema, ErrorDetails, PydanticSerializationError, to_json
 
 from redis_events import _constants as c
 from redis_events.events import (
@@ -86,6 +86,9 @@ class EventRegistry:
     ) -> None:
         self.max_event_bytes = max_event_bytes
         self._adapters: dict[str, TypeAdapter[Any]] = {}
+        # The event_type values (tags) of topics whose model is a
+        # discriminated union, for errors that name the allowed ones.
+        self._tags: dict[str, list[str]] = {}
         # Topics whose model has a float or an Any somewhere, which pydantic
         # fills with NaN or inf when the JSON says so.
         self._may_hold_floats: set[str] = set()
@@ -106,6 +109,7 @@ class EventRegistry:
         """
         adapter: TypeAdapter[Any] = TypeAdapter(model)
         self._adapters[validate_topic(topic)] = adapter
+        self._tags[topic] = _union_tags(adapter.core_schema)
         self._may_hold_floats.discard(topic)
         if _has_float_schema(adapter.core_schema):
             self._may_hold_floats.add(topic)
@@ -136,6 +140,7 @@ class EventRegistry:
             max_event_bytes=self.max_event_bytes, include_defaults=False
         )
         other._adapters = dict(self._adapters)
+        other._tags = dict(self._tags)
         other._may_hold_floats = set(self._may_hold_floats)
         return other
 
@@ -163,7 +168,8 @@ class EventRegistry:
         try:
             value = adapter.validate_json(data)
         except ValidationError as exc:
-            raise EventDecodeError(_describe(exc), topic=topic) from None
+            reason = _describe(exc, self._tags.get(topic))
+            raise EventDecodeError(reason, topic=topic) from None
 
         if not isinstance(value, BaseModel | dict):
             # A user model may be any type; only objects are events.
@@ -223,7 +229,8 @@ class EventRegistry:
         try:
             model = adapter.validate_python(dict(event))
         except ValidationError as exc:
-            raise EventEncodeError(_describe(exc), topic=topic) from None
+            reason = _describe(exc, self._tags.get(topic))
+            raise EventEncodeError(reason, topic=topic) from None
 
         if isinstance(model, BaseModel):
             return self._dump(topic, model, reveal=True)
@@ -239,7 +246,8 @@ class EventRegistry:
         try:
             checked = adapter.validate_python(model)
         except ValidationError as exc:
-            reason = f"not an event of this topic ({_describe(exc)})"
+            described = _describe(exc, self._tags.get(topic))
+            reason = f"not an event of this topic ({described})"
             raise EventEncodeError(reason, topic=topic) from None
 
         return self._dump(topic, checked, reveal=True)
@@ -316,19 +324,19 @@ def _finite(value: object) -> bool:
     return True
 
 
-def _describe(exc: ValidationError) -> str:
+def _describe(exc: ValidationError, tags: list[str] | None = None) -> str:
+    """Return a payload-free summary of ``exc``.
+
+    ``tags`` are the allowed values of the model's discriminator (top level),
+    named when an event has none.
+    """
     errors = exc.errors(include_url=False, include_input=False)
     parts = []
     for error in errors[:_MAX_REASONS]:
         location = ".".join(str(p) for p in error["loc"])
         message = error["msg"]
-        if error["type"] == "union_tag_invalid":
-            # pydantic's message quotes the rejected tag, which is input.
-            context = error.get("ctx", {})
-            message = (
-                f"{context.get('discriminator')} must be one of "
-                f"{context.get('expected_tags')}"
-            )
+        if error["type"] in {"union_tag_not_found", "union_tag_invalid"}:
+            message = _describe_tag(error, None if location else tags)
 
         parts.append(f"{location}: {message}" if location else message)
 
@@ -336,6 +344,40 @@ def _describe(exc: ValidationError) -> str:
         parts.append(f"and {len(errors) - _MAX_REASONS} more")
 
     return "; ".join(parts)
+
+
+def _describe_tag(error: ErrorDetails, tags: list[str] | None) -> str:
+    """Say what is wrong with a discriminated union's tag, in plain words.
+
+    pydantic's own messages ("Unable to extract tag using discriminator")
+    speak of its internals, and quote the rejected value, which is input:
+    reasons are logged for every rejected message, so it is left out.
+    """
+    context = error.get("ctx", {})
+    field = str(context.get("discriminator", "event_type")).strip("'")
+    if error["type"] == "union_tag_not_found":
+        if not tags:
+            return f"{field} is missing"
+
+        return f"{field} is missing; expected one of: {', '.join(tags)}"
+
+    expected = ", ".join(
+        tag.strip().strip("'")
+        for tag in str(context.get("expected_tags", "")).split(",")
+    )
+    return f"{field} is not one of: {expected}"
+
+
+def _union_tags(schema: CoreSchema) -> list[str]:
+    """Return the tags of a top-level discriminated union, else nothing."""
+    node: Any = schema
+    while node.get("type") == "definitions":
+        node = node["schema"]
+
+    if node.get("type") != "tagged-union":
+        return []
+
+    return [str(tag) for tag in node["choices"]]
 
 
 def _first_line(exc: Exception) -> str:
