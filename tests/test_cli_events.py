@@ -212,6 +212,21 @@ def test_bad_redis_url_exits_2_naming_the_setting() -> None:
     assert "unsupported Redis URL scheme 'http'" in result.output
 
 
+def test_bad_setting_from_the_environment_exits_2_naming_the_variable() -> None:
+    result = CliRunner().invoke(
+        main,
+        ["publish", "t", "{}"],
+        env={"REDIS_URL": None, "REDIS_EVENTS_TRANSPORT": "kafka"},
+        prog_name="redis-events",
+    )
+
+    assert result.exit_code == 2
+    assert result.output.startswith(
+        "redis-events publish: error: invalid settings: transport "
+        "(from REDIS_EVENTS_TRANSPORT): Input should be 'pubsub' or 'stream'"
+    )
+
+
 # -- tail ------------------------------------------------------------------
 
 

@@ -294,6 +294,47 @@ def test_invalid_option_is_a_configuration_error_naming_it(
         Settings.from_arguments("redis://h", **options)
 
 
+@pytest.mark.parametrize(
+    ("variable", "value", "named"),
+    [
+        (
+            "REDIS_EVENTS_TRANSPORT",
+            "kafka",
+            "transport (from REDIS_EVENTS_TRANSPORT): ",
+        ),
+        ("redis_events_max_concurrency", "0", "max_concurrency (from "),
+        ("REDIS_URL", f"ftp://u:{PASSWORD}@h", "redis_url (from REDIS_URL): "),
+        (
+            "REDIS_EVENTS_REDIS_URL",
+            f"ftp://u:{PASSWORD}@h",
+            "redis_url (from REDIS_EVENTS_REDIS_URL): ",
+        ),
+    ],
+)
+def test_an_invalid_value_from_the_environment_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, named: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+
+    with pytest.raises(ConfigurationError) as caught:
+        Settings.from_arguments()
+
+    assert named in str(caught.value)
+    assert PASSWORD not in str(caught.value)
+
+
+def test_an_invalid_argument_is_named_as_the_option_even_with_the_variable_set(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("REDIS_EVENTS_TRANSPORT", "stream")
+
+    with pytest.raises(ConfigurationError) as caught:
+        Settings.from_arguments("redis://h", transport="kafka")
+
+    assert "invalid settings: transport: Input should be" in str(caught.value)
+    assert "REDIS_EVENTS_TRANSPORT" not in str(caught.value)
+
+
 def test_repr_and_str_of_settings_mask_the_password() -> None:
     settings = Settings(redis_url=f"redis://app:{PASSWORD}@h:6379/0")
 

@@ -8,6 +8,7 @@ else in the library reads the environment.
 
 from __future__ import annotations
 
+import os
 import ssl
 from typing import Annotated, Any, Literal, Self
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
@@ -32,6 +33,8 @@ SUPPORTED_SCHEMES = frozenset(
 )
 
 PositiveFloat = Annotated[float, Field(gt=0)]
+# Where redis_url may come from, in the order the environment is read.
+_URL_VARIABLES = ("REDIS_EVENTS_REDIS_URL", "REDIS_URL")
 
 
 class Settings(BaseSettings):
@@ -302,7 +305,12 @@ class Settings(BaseSettings):
 
             return cls(**options)
         except ValueError as exc:
-            raise ConfigurationError(_describe_validation_error(exc)) from None
+            # Only without a settings object do the other options come from
+            # the environment; an error there names the variable.
+            reason = _describe_validation_error(
+                exc, given=set(options), environment=settings is None
+            )
+            raise ConfigurationError(reason) from None
 
 
 def mask_url(url: str) -> str:
@@ -354,14 +362,45 @@ def _url_from_parts(
     return f"redis://{auth}{host}:{port or 6379}/{db or 0}"
 
 
-def _describe_validation_error(exc: ValueError) -> str:
+def _describe_validation_error(
+    exc: ValueError, *, given: set[str], environment: bool
+) -> str:
+    """Return what is wrong, naming the variable of a value from the environment.
+
+    ``given`` are the options passed as arguments; any other value that
+    fails came from the environment when ``environment`` is true.
+    """
     errors = getattr(exc, "errors", None)
     if errors is None:
         return "invalid settings"
 
+    present = {name.upper() for name in os.environ}
     parts = []
     for error in errors(include_url=False, include_input=False):
-        field = ".".join(str(p) for p in error["loc"]) or "settings"
-        parts.append(f"{field}: {error['msg']}")
+        location = [str(p) for p in error["loc"]]
+        if location and location[0] in _URL_VARIABLES:
+            # pydantic names the field by its first alias.
+            location[0] = "redis_url"
+
+        field = ".".join(location) or "settings"
+        variable = None
+        if environment and location and location[0] not in given:
+            variable = _variable(location[0], present)
+
+        message = error["msg"].removeprefix("Value error, ")
+        if variable is not None:
+            field = f"{field} (from {variable})"
+
+        parts.append(f"{field}: {message}")
 
     return "invalid settings: " + "; ".join(parts)
+
+
+def _variable(field: str, present: set[str]) -> str | None:
+    """Return the environment variable ``field`` was read from, if any."""
+    names = _URL_VARIABLES if field == "redis_url" else (f"REDIS_EVENTS_{field}",)
+    for name in names:
+        if name.upper() in present:
+            return name.upper()
+
+    return None
