@@ -621,6 +621,52 @@ def test_replay_refuses_unusable_positions_with_exit_2(
 # -- processor -------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (
+            ["replay"],
+            "redis-events replay: error: Missing argument 'TOPIC'; "
+            "see 'redis-events replay --help'",
+        ),
+        (
+            ["publish", "t", "{}", "--bogus"],
+            "redis-events publish: error: No such option '--bogus'; "
+            "see 'redis-events publish --help'",
+        ),
+        (
+            ["nosuch"],
+            "redis-events: error: No such command 'nosuch'; see 'redis-events --help'",
+        ),
+    ],
+    ids=["missing-argument", "unknown-option", "unknown-command"],
+)
+def test_clicks_usage_errors_are_one_error_line_with_exit_2(
+    args: list[str], line: str
+) -> None:
+    result = invoke(*args)
+
+    assert result.exit_code == 2
+    assert result.output == line + "\n"
+
+
+def test_usage_errors_are_json_records_with_log_format_json() -> None:
+    result = invoke("--log-format", "json", "replay", "t")
+
+    assert result.exit_code == 2
+    record = json.loads(result.output)
+    assert record["level"] == "ERROR"
+    assert record["command"] == "redis-events replay"
+    assert record["message"].startswith("Missing option '--from'")
+
+
+def test_a_group_without_its_command_shows_its_help() -> None:
+    result = invoke("dead-letters")
+
+    assert result.exit_code == 2
+    assert "Usage: redis-events dead-letters [OPTIONS] COMMAND" in result.output
+
+
 def test_processor_help_is_the_processors_own() -> None:
     done = subprocess.run(
         [str(CLI), "processor", "--help"],

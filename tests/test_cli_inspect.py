@@ -260,6 +260,35 @@ def test_purge_answered_no_deletes_nothing_and_exits_1(
     assert r.xlen(dead_letter_key(topic)) == 1
 
 
+def test_a_missing_dead_letter_is_an_error_line_like_every_other(
+    redis_url: str, r: redis.Redis, uid: str
+) -> None:
+    topic = f"{uid}-m"
+    r.xadd(dead_letter_key(topic), {"data": '{"n": 1}', "reason": "x"})
+
+    shown = CliRunner().invoke(
+        main,
+        ["dead-letters", "show", topic, "123-0", "--redis-url", redis_url],
+        prog_name="redis-events",
+    )
+    requeued = CliRunner().invoke(
+        main,
+        ["dead-letters", "requeue", topic, "--id", "123-0", "--redis-url", redis_url],
+        prog_name="redis-events",
+    )
+
+    assert shown.exit_code == 1
+    assert shown.output == (
+        f"redis-events dead-letters show: error: no dead letter 123-0 on topic "
+        f"'{topic}'; list them with 'redis-events dead-letters list {topic}'\n"
+    )
+    assert requeued.exit_code == 1
+    assert requeued.output.endswith(
+        "redis-events dead-letters requeue: error: not found (already requeued "
+        "or purged?): 123-0\n"
+    )
+
+
 def test_requeue_and_purge_need_ids_or_all(redis_url: str, uid: str) -> None:
     result = invoke("dead-letters", "requeue", f"{uid}-x", "--redis-url", redis_url)
     both = invoke(
@@ -274,7 +303,9 @@ def test_requeue_and_purge_need_ids_or_all(redis_url: str, uid: str) -> None:
     )
 
     assert result.exit_code == 2
-    assert "give either --id ID (one or more) or --all" in result.output
+    assert "requeue: error: give either --id ID (one or more) or --all" in (
+        result.output
+    )
     assert both.exit_code == 2
 
 

@@ -8,15 +8,63 @@ Commands are defined in the modules of this package and registered on
 
 from __future__ import annotations
 
-import click
+import sys
+from typing import TYPE_CHECKING, Any
 
+import click
+from click.exceptions import NoArgsIsHelpError
+
+from redis_events.cli._common import EXIT_NOT_DONE, fail
 from redis_events.cli._logs import LogOptions, logging_options
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 __all__ = ["main"]
 
 
+class _Main(click.Group):
+    """The command group, whose usage errors look like every other error.
+
+    click prints its own errors as a usage block ending in ``Error: ...``;
+    here they are one ``redis-events COMMAND: error: ...`` line (a JSON
+    record with ``--log-format json``) with a pointer to ``--help``.
+    """
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, **extra)
+
+        try:
+            result = super().main(args, prog_name, complete_var, False, **extra)
+        except NoArgsIsHelpError as exc:
+            # A group named without a command: its help, as click shows it.
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.UsageError as exc:
+            path = exc.ctx.command_path if exc.ctx is not None else "redis-events"
+            message = exc.format_message().rstrip(".")
+            fail(f"{message}; see '{path} --help'", exc.exit_code, context=exc.ctx)
+        except click.ClickException as exc:
+            fail(exc.format_message(), exc.exit_code)
+        except click.Abort:
+            fail("interrupted", EXIT_NOT_DONE)
+
+        # Without standalone mode click returns --help's and --version's
+        # exit code instead of exiting.
+        sys.exit(result if isinstance(result, int) else 0)
+
+
 @click.group(
-    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}
+    cls=_Main,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
 @click.version_option(package_name="redis-events")
 @logging_options

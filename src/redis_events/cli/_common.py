@@ -123,11 +123,18 @@ def build_settings(redis_url: str | None, **options: Any) -> Settings:
         fail(f"{exc}; fix the option or the REDIS_EVENTS_* variable", EXIT_USAGE)
 
 
-def fail(message: str, code: int) -> NoReturn:
+def fail(message: str, code: int, *, context: click.Context | None = None) -> NoReturn:
     """Print ``message`` as one line on stderr and exit with ``code``.
 
-    With ``--log-format json`` the line is an ERROR record in JSON.
+    The line is ``<command>: error: <message>``; with ``--log-format json``
+    it is an ERROR record in JSON. Every error of every command ends here,
+    click's own usage errors too (``context`` is then the command's, which
+    is no longer the current one).
     """
+    if context is not None:
+        with context.scope(cleanup=False):
+            fail(message, code)
+
     command = click.get_current_context(silent=True)
     name = command.command_path if command is not None else "redis-events"
     say(message, level=logging.ERROR, prefix=f"{name}: error: ")

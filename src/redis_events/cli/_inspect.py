@@ -22,7 +22,13 @@ from rich.live import Live
 from rich.table import Table
 
 from redis_events.admin import EventAdmin
-from redis_events.cli._common import EXIT_NOT_DONE, redis_url_option, say
+from redis_events.cli._common import (
+    EXIT_NOT_DONE,
+    EXIT_USAGE,
+    fail,
+    redis_url_option,
+    say,
+)
 from redis_events.cli._common import run as run_command
 from redis_events.cli._views import (
     Frame,
@@ -153,11 +159,11 @@ def show_dead_letter(
     """Show one dead letter of TOPIC with its reason and event (secrets redacted)."""
     letter = run(redis_url, lambda admin: admin.dead_letter(topic, entry_id))
     if letter is None:
-        msg = (
+        fail(
             f"no dead letter {entry_id} on topic {topic!r}; list them with "
-            f"'redis-events dead-letters list {topic}'"
+            f"'redis-events dead-letters list {topic}'",
+            EXIT_NOT_DONE,
         )
-        raise click.ClickException(msg)
 
     body = _letter_json(letter)
     if as_json:
@@ -199,8 +205,7 @@ def requeue(
 
     if result.missing:
         missing = ", ".join(result.missing)
-        msg = f"not found (already requeued or purged?): {missing}"
-        raise click.ClickException(msg)
+        fail(f"not found (already requeued or purged?): {missing}", EXIT_NOT_DONE)
 
 
 @dead_letters.command("purge")
@@ -337,8 +342,7 @@ async def _frame(
 
 def _choose(ids: tuple[str, ...], every: bool) -> list[str] | None:
     if bool(ids) == every:
-        msg = "give either --id ID (one or more) or --all"
-        raise click.UsageError(msg)
+        fail("give either --id ID (one or more) or --all", EXIT_USAGE)
 
     return None if every else list(ids)
 
