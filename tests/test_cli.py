@@ -219,6 +219,7 @@ def test_help_exits_zero_and_mentions_every_flag() -> None:
     )
 
     assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: python -m redis_events.processor [-h]")
     for flag in FLAGS:
         assert flag in done.stdout
 
@@ -248,6 +249,7 @@ def test_unreachable_redis_exits_2_with_one_line_naming_the_address(
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2
     assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("python -m redis_events.processor: error: ")
     assert shown.format(port=port) in lines[0]
     assert "Traceback" not in done.stderr + done.stdout
     assert PASSWORD not in done.stderr + done.stdout

@@ -677,8 +677,24 @@ def test_processor_help_is_the_processors_own() -> None:
     )
 
     assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: redis-events processor [-h]")
     for flag in ("--topic", "--concurrency", "--replay-from", "--stats-interval"):
         assert flag in done.stdout
+
+
+def test_processor_errors_name_it_as_it_was_started() -> None:
+    done = subprocess.run(
+        [str(CLI), "processor", "--no-such-flag"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert done.returncode == 2
+    assert done.stderr.endswith(
+        "redis-events processor: error: unrecognized arguments: --no-such-flag\n"
+    )
 
 
 def test_processor_passes_its_exit_code_through() -> None:

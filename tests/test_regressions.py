@@ -436,7 +436,11 @@ def test_d06_cli_refused_subscription_exits_2_with_one_line(
     )
 
     output = done.stdout + done.stderr
-    errors = [line for line in output.splitlines() if line.startswith("redis-events")]
+    errors = [
+        line
+        for line in output.splitlines()
+        if line.startswith("python -m redis_events.processor: error: ")
+    ]
     assert "Traceback" not in output, output[-3000:]
     assert done.returncode == 2, output[-3000:]
     assert len(errors) == 1, output[-3000:]

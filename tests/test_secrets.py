@@ -414,7 +414,7 @@ async def test_no_secret_reaches_logs_output_results_reprs_or_errors(
     assert logging.DEBUG in debug_log.levels
     assert logging.WARNING in debug_log.levels
     assert cli_code == 2
-    assert "redis-events processor:" in output.err
+    assert "python -m redis_events.processor: error: " in output.err
     assert [type(exc) for exc in errors] == [
         EventTooLargeError,
         EventEncodeError,

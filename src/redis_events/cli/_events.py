@@ -371,7 +371,8 @@ def processor(context: click.Context, args: tuple[str, ...]) -> None:
     # Imported here: the other commands need none of the service's modules.
     from redis_events.processor._cli import main as processor_main
 
-    sys.exit(processor_main([*_group_log_flags(context, args), *args]))
+    flags = [*_group_log_flags(context, args), *args]
+    sys.exit(processor_main(flags, prog=context.command_path))
 
 
 def _group_log_flags(context: click.Context, args: tuple[str, ...]) -> list[str]:

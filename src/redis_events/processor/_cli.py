@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Annotated
 
@@ -25,7 +26,6 @@ from redis_events.processor._core import EventProcessor
 from redis_events.processor._service import (
     EXIT_OK,
     EXIT_UNAVAILABLE,
-    print_error,
     run_service,
 )
 
@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 __all__ = ["ProcessorSettings", "main"]
 
 EXIT_INTERRUPTED = 130
+# How the processor is named when nothing says how it was started.
+MODULE_PROG = "python -m redis_events.processor"
 
 logger = logging.getLogger("redis_events.processor")
 
@@ -78,10 +80,13 @@ class ProcessorSettings(Settings):
         return level
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Return the argument parser; every flag falls back to the environment."""
+def build_parser(prog: str = MODULE_PROG) -> argparse.ArgumentParser:
+    """Return the argument parser; every flag falls back to the environment.
+
+    ``prog`` is how the processor was started, for its usage and errors.
+    """
     parser = argparse.ArgumentParser(
-        prog="python -m redis_events.processor",
+        prog=prog,
         description=(
             "Process key and profile events from Redis and publish results "
             "to processing_results. Stop with SIGINT or SIGTERM: events in "
@@ -168,9 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the processor until a signal; return the process exit code."""
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, *, prog: str = MODULE_PROG) -> int:
+    """Run the processor until a signal; return the process exit code.
+
+    ``prog`` names the command in ``--help`` and in error lines:
+    ``redis-events processor`` passes its own name.
+    """
+    args = build_parser(prog).parse_args(argv)
     given = {
         k: v for k, v in vars(args).items() if v is not None and k != "replay_from"
     }
@@ -184,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.log_format == "json":
             configure_logging(level="INFO", log_format="json")
 
-        _reporter(args.log_format or "text")(str(exc))
+        _reporter(args.log_format or "text", prog)(str(exc))
         return EXIT_UNAVAILABLE
 
     assert isinstance(settings, ProcessorSettings)
@@ -198,32 +207,36 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         if args.replay_from is not None:
-            return anyio.run(_replay, settings, args.replay_from)
+            return anyio.run(_replay, settings, args.replay_from, prog)
 
-        return anyio.run(_serve, settings)
+        return anyio.run(_serve, settings, prog)
     except KeyboardInterrupt:
         # Only reachable before the signal handlers are installed.
         return EXIT_INTERRUPTED
 
 
-def _reporter(log_format: LogFormat) -> Callable[[str], None]:
+def _reporter(log_format: LogFormat, prog: str) -> Callable[[str], None]:
     """Return how to report an error that ends the processor.
 
-    As one plain line in text, as an ERROR record in JSON, so that every
-    line on stderr is a JSON object.
+    As one ``<prog>: error: <message>`` line in text, like every command of
+    ``redis-events``; as an ERROR record in JSON, so that every line on
+    stderr is a JSON object.
     """
     if log_format == "json":
         return _log_error
 
-    return print_error
+    def print_line(message: str) -> None:
+        print(f"{prog}: error: {message}", file=sys.stderr)  # noqa: T201
+
+    return print_line
 
 
 def _log_error(message: str) -> None:
     logger.error("%s", message)
 
 
-async def _replay(settings: ProcessorSettings, start: str) -> int:
-    report = _reporter(settings.log_format)
+async def _replay(settings: ProcessorSettings, start: str, prog: str) -> int:
+    report = _reporter(settings.log_format, prog)
     if settings.transport != "stream":
         report("--replay-from needs --transport stream")
         return EXIT_UNAVAILABLE
@@ -242,9 +255,9 @@ async def _replay(settings: ProcessorSettings, start: str) -> int:
     return EXIT_OK
 
 
-async def _serve(settings: ProcessorSettings) -> int:
+async def _serve(settings: ProcessorSettings, prog: str) -> int:
     processor = EventProcessor(settings=settings, topics=settings.topics)
-    report = _reporter(settings.log_format)
+    report = _reporter(settings.log_format, prog)
     if not settings.metrics_port:
         return await run_service(
             processor, stats_interval=settings.stats_interval, report=report
