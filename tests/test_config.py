@@ -277,6 +277,45 @@ def test_url_with_a_bad_port_is_a_configuration_error(url: str) -> None:
 
 
 @pytest.mark.parametrize(
+    ("url", "part"),
+    [
+        (f"redis://u:{PASSWORD}@localhost:6379/abc", "path must be a non-negative"),
+        (f"redis://u:{PASSWORD}@localhost:6379/0:x", "not '/0:x'"),
+        (f"rediss://u:{PASSWORD}@localhost:6379/-1", "not '/-1'"),
+        # redis-py would join the digits and connect to database 12.
+        (f"redis://u:{PASSWORD}@localhost:6379/1/2", "not '/1/2'"),
+        (f"redis://u:{PASSWORD}@localhost:6379/0?db=x", "db= parameter"),
+        (f"unix:///tmp/redis.sock?password={PASSWORD}&db=one", "not 'one'"),
+    ],
+    ids=["letters", "colon", "negative", "two-segments", "query", "unix-query"],
+)
+def test_a_database_that_is_not_a_number_is_refused_naming_the_part(
+    url: str, part: str
+) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        Settings.from_arguments(url)
+
+    assert "invalid settings: redis_url: " in str(caught.value)
+    assert part in str(caught.value)
+    assert PASSWORD not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://localhost:6379",
+        "redis://localhost:6379/",
+        "redis://localhost:6379/15",
+        "redis://localhost:6379/3/",
+        "rediss://localhost:6380/0?ssl_cert_reqs=none",
+        "unix:///tmp/redis.sock?db=2",
+    ],
+)
+def test_a_database_number_or_none_is_accepted(url: str) -> None:
+    assert Settings.from_arguments(url).redis_url == url
+
+
+@pytest.mark.parametrize(
     ("options", "field"),
     [
         ({"max_concurrency": 0}, "max_concurrency"),

@@ -9,9 +9,10 @@ else in the library reads the environment.
 from __future__ import annotations
 
 import os
+import re
 import ssl
 from typing import Annotated, Any, Literal, Self
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit
+from urllib.parse import SplitResult, parse_qsl, quote, unquote, urlencode, urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -33,6 +34,10 @@ SUPPORTED_SCHEMES = frozenset(
 )
 
 PositiveFloat = Annotated[float, Field(gt=0)]
+# A redis:// path: nothing, "/", or one database number. ASCII digits only:
+# redis-py's int() takes other scripts' digits too, Redis's SELECT does not.
+_DB_PATH = re.compile(r"/?(?:[0-9]+/?)?")
+_DB_NUMBER = re.compile(r"[0-9]+")
 # Where redis_url may come from, in the order the environment is read.
 _URL_VARIABLES = ("REDIS_EVENTS_REDIS_URL", "REDIS_URL")
 
@@ -200,6 +205,7 @@ class Settings(BaseSettings):
             msg = f"unsupported Redis URL scheme {scheme!r}; use one of {supported}"
             raise ValueError(msg)
 
+        _check_database(parts)
         return value
 
     @model_validator(mode="after")
@@ -311,6 +317,32 @@ class Settings(BaseSettings):
                 exc, given=set(options), environment=settings is None
             )
             raise ConfigurationError(reason) from None
+
+
+def _check_database(parts: SplitResult) -> None:
+    """Refuse a database number that is not a non-negative integer.
+
+    redis-py ignores a path it cannot read as a number (``/abc`` connects
+    to database 0) and joins the digits of several segments (``/1/2`` is
+    database 12). The messages quote the path or the parameter, never the
+    network location, where a password is.
+    """
+    if parts.scheme in ("redis", "rediss") and not _DB_PATH.fullmatch(
+        unquote(parts.path)
+    ):
+        msg = (
+            "the database in the Redis URL's path must be a non-negative "
+            f"integer, as in redis://host:6379/0, not {parts.path[:40]!r}"
+        )
+        raise ValueError(msg)
+
+    for name, number in parse_qsl(parts.query, keep_blank_values=True):
+        if name == "db" and not _DB_NUMBER.fullmatch(number):
+            msg = (
+                "the db= parameter of the Redis URL must be a non-negative "
+                f"integer, not {number[:40]!r}"
+            )
+            raise ValueError(msg)
 
 
 def mask_url(url: str) -> str:
