@@ -225,6 +225,36 @@ def test_help_exits_zero_and_mentions_every_flag() -> None:
 
 
 @pytest.mark.parametrize(
+    ("args", "env"),
+    [
+        (("--transport", "stream", "--topic", "profile_*"), {}),
+        ((), {"REDIS_EVENTS_TRANSPORT": "stream", "REDIS_EVENTS_TOPICS": "a,b?"}),
+    ],
+    ids=["flags", "environment"],
+)
+def test_a_pattern_as_stream_topic_exits_2_saying_patterns_are_pub_sub_only(
+    args: tuple[str, ...], env: dict[str, str]
+) -> None:
+    port = free_port()
+
+    done = subprocess.run(
+        [*PROCESSOR, "--redis-url", f"redis://127.0.0.1:{port}/0", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=clean_environment(**env),
+        check=False,
+    )
+
+    assert done.returncode == 2
+    assert done.stderr.startswith(
+        "python -m redis_events.processor: error: invalid settings: topics"
+    )
+    assert "patterns work on the pub/sub transport only" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
     ("userinfo", "shown"),
     [
         ("", "redis://127.0.0.1:{port}"),

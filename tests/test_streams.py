@@ -32,6 +32,7 @@ from redis.retry import Retry
 
 from redis_events import (
     KEY_SUBMISSION_TOPIC,
+    ConfigurationError,
     EventPublisher,
     EventRegistry,
     EventSubscriber,
@@ -857,3 +858,48 @@ async def test_group_info_reports_the_lag_and_pending_of_a_known_backlog(
     assert await sub.group_info() == {
         topic: {"pending": 5, "lag": 45, "consumers": 2, "last_delivered_id": ids[4]}
     }
+
+
+# -- patterns are pub/sub only ------------------------------------------------
+
+
+@pytest.mark.parametrize("topic", ["profile_*", "key_?", "orders[12]", "a]b"])
+async def test_a_stream_topic_with_glob_characters_is_refused_before_redis(
+    redis_url: str, r: redis.Redis, topic: str
+) -> None:
+    sub = EventSubscriber(redis_url, transport="stream")
+
+    async def handler(topic: str, event: Any) -> None:
+        raise AssertionError("never called")
+
+    with pytest.raises(ConfigurationError, match="pub/sub transport only"):
+        sub.on(topic)(handler)
+    with pytest.raises(ConfigurationError, match="pub/sub transport only"):
+        await sub.subscribe(topic, handler)
+    with pytest.raises(ConfigurationError, match="pub/sub transport only"):
+        sub.subscribe_to_topics({topic: handler})
+    async with EventPublisher(redis_url, transport="stream") as pub:
+        with pytest.raises(ConfigurationError, match="pub/sub transport only"):
+            await pub.publish(topic, {"n": 1})
+
+    assert sub.topics == []
+    assert r.exists(f"redis-events:{{{topic}}}") == 0
+
+
+def test_on_with_glob_characters_on_pubsub_subscribes_literally_and_warns(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sub = EventSubscriber("redis://localhost:6379/0")
+
+    async def handler(topic: str, event: Any) -> None:
+        raise AssertionError("never called")
+
+    with caplog.at_level(logging.WARNING, logger="redis_events.subscriber"):
+        sub.on("profile_*")(handler)
+        sub.on("profile_events")(handler)
+
+    assert sub.topics == ["profile_*", "profile_events"]
+    [record] = caplog.records
+    assert record.getMessage().startswith(
+        "Topic 'profile_*' has glob characters but is subscribed as a channel"
+    )

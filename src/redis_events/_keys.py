@@ -24,6 +24,7 @@ from redis_events.exceptions import ConfigurationError
 
 __all__ = [
     "DATA_FIELD",
+    "GLOB_CHARACTERS",
     "INSTANCE_KEY_PATTERN",
     "TOPIC_KEY_PATTERN",
     "dead_letter_key",
@@ -31,6 +32,9 @@ __all__ = [
     "stream_key",
     "topic_of_key",
 ]
+
+# Characters of Redis glob patterns: a stream topic may not contain them.
+GLOB_CHARACTERS = frozenset("*?[]")
 
 # The field of a stream entry that holds the event's JSON.
 DATA_FIELD = b"data"
@@ -71,6 +75,16 @@ def _checked(topic: str) -> str:
     if "{" in topic or "}" in topic:
         # A brace would change which part of the key Redis Cluster hashes.
         msg = f"a topic on the streams transport cannot contain braces: {topic!r}"
+        raise ConfigurationError(msg)
+
+    if GLOB_CHARACTERS.intersection(topic):
+        # A stream is one key: 'profile_*' would be a literal stream that no
+        # publisher writes to, not the streams of every profile topic.
+        msg = (
+            f"{topic!r} looks like a pattern: a topic on the streams transport "
+            "cannot contain *, ?, [ or ], and patterns work on the pub/sub "
+            "transport only; name each topic"
+        )
         raise ConfigurationError(msg)
 
     return topic

@@ -13,6 +13,7 @@ from redis_events._cluster_pubsub import PATTERNS_REFUSED, ShardedPubSubReader
 from redis_events._connection import create_client, translate_error
 from redis_events._endpoint import Endpoint
 from redis_events._instances import InstanceReporter, reporting
+from redis_events._keys import GLOB_CHARACTERS, stream_key
 from redis_events._pubsub import PubSubReader
 from redis_events._routing import OrderingKey, Router
 from redis_events._stream_session import (
@@ -137,12 +138,17 @@ class EventSubscriber(Endpoint):
     def on(self, *topics: str) -> Callable[[Handler], Handler]:
         """Register the decorated handler for each of ``topics``.
 
+        A topic is a name, never a pattern: on pub/sub, ``on("profile_*")``
+        subscribes to the channel named exactly so (and logs a warning);
+        ``on_pattern()`` takes patterns. On streams such a name is refused.
+
         Raises:
-            ConfigurationError: A topic name is not usable.
+            ConfigurationError: A topic name is not usable, or has glob
+                characters (``*?[]``) on the stream transport.
             RuntimeError: The subscriber is running; use ``subscribe()``.
         """
         self._check_not_running("on")
-        names = [validate_topic(topic) for topic in topics]
+        names = [self._topic_name(topic) for topic in topics]
 
         def register(handler: Handler) -> Handler:
             for name in names:
@@ -199,7 +205,8 @@ class EventSubscriber(Endpoint):
         """Add ``handler`` for ``topic``, at any time, and wait until live.
 
         Raises:
-            ConfigurationError: The topic name is not usable.
+            ConfigurationError: The topic name is not usable, or has glob
+                characters on the stream transport (as for ``on()``).
             RedisUnavailableError: Running, but Redis did not confirm in time;
                 the subscription stays and is restored on reconnect.
             PermissionDeniedError: Redis refused the subscription.
@@ -208,7 +215,9 @@ class EventSubscriber(Endpoint):
             msg = "stream topics are fixed while running; add them before run()"
             raise RuntimeError(msg)
 
-        first = self._router.add(self._router.channels, validate_topic(topic), handler)
+        first = self._router.add(
+            self._router.channels, self._topic_name(topic), handler
+        )
         if first and self._reader is not None:
             await self._reader.subscribe(channels=[topic])
 
@@ -583,6 +592,24 @@ class EventSubscriber(Endpoint):
             topics=topics,
             stats=self._stats_source,
         )
+
+    def _topic_name(self, topic: str) -> str:
+        """Return ``topic`` if it is usable as a topic on this transport."""
+        if self.settings.transport == "stream":
+            # The stream key refuses what cannot name one stream: braces,
+            # and glob characters, since patterns exist on pub/sub only.
+            stream_key(topic)
+            return topic
+
+        if GLOB_CHARACTERS.intersection(validate_topic(topic)):
+            logger.warning(
+                "Topic %r has glob characters but is subscribed as a channel "
+                "name, literally; use on_pattern() or psubscribe() for a pattern",
+                topic,
+                extra={"topic": topic},
+            )
+
+        return topic
 
     def _check_stream(self, method: str) -> None:
         if self.settings.transport != "stream":

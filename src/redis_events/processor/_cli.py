@@ -13,10 +13,11 @@ from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Annotated
 
 import anyio
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import NoDecode
 
 from redis_events import _constants as c
+from redis_events._keys import stream_key
 from redis_events._log_format import LOG_FORMATS, LogFormat, configure_logging
 from redis_events.codec import validate_topic
 from redis_events.config import Settings
@@ -63,9 +64,16 @@ class ProcessorSettings(Settings):
 
     @field_validator("topics")
     @classmethod
-    def _usable_topics(cls, value: list[str]) -> list[str]:
+    def _usable_topics(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        # transport is a field of the base class, so it is validated first.
+        # On streams, the stream key refuses patterns ('profile_*'): they
+        # work on pub/sub only.
+        on_streams = info.data.get("transport") == "stream"
         for topic in value:
-            validate_topic(topic)
+            if on_streams:
+                stream_key(topic)
+            else:
+                validate_topic(topic)
 
         return value
 
