@@ -119,6 +119,37 @@ async def test_groups_json_gives_lag_pending_and_consumers(
     assert "gone" in table.output
 
 
+async def test_groups_shows_an_instances_handled_total_once_for_its_topics(
+    redis_url: str, r: redis.Redis, uid: str
+) -> None:
+    first, second, group = f"{uid}-a", f"{uid}-b", f"{uid}-g"
+    handled: list[int] = []
+    sub = subscriber(redis_url, group, consumer=f"{uid}-c")
+
+    @sub.on(first, second)
+    async def handle(topic: str, event: dict[str, Any]) -> None:
+        handled.append(event["n"])
+
+    async with sub:
+        await publish(redis_url, first, range(2))
+        await publish(redis_url, second, range(3))
+        await wait_until(lambda: len(handled) == 5)
+        await wait_until(
+            lambda: (
+                r.hget(f"redis-events:instances:{group}:{uid}-c", "events_handled")
+                == "5"
+            )
+        )
+        table = await ainvoke("groups", first, second, "--redis-url", redis_url)
+
+    assert table.exit_code == 0, table.output
+    rows = [cells(line) for line in table.output.splitlines() if f"{uid}-c" in line]
+    assert [row[0] for row in rows] == [first, second]
+    assert [row[5] for row in rows] == ["5", ""]
+    assert "total handled" in table.output
+    assert "total handled: the instance's count, all its topics" in table.output
+
+
 def test_an_unknown_topic_exits_2_and_an_unreachable_redis_1_with_what_to_do(
     redis_url: str, uid: str
 ) -> None:

@@ -97,26 +97,42 @@ def groups_table(groups: list[GroupInfo]) -> Table:
 
 
 def consumers_table(groups: list[GroupInfo], instances: list[InstanceInfo]) -> Table:
-    """Return one row per consumer, with its instance's counters when it runs."""
+    """Return one row per consumer, with its instance's counters when it runs.
+
+    An instance's hash counts events over all its topics, not per topic, so
+    its total is shown once, on its first row, under a title that says so.
+    """
     running = {(i.group, i.consumer): i for i in instances}
-    table = Table(title="Consumers", title_justify="left")
+    table = Table(
+        title="Consumers",
+        title_justify="left",
+        caption="total handled: the instance's count, all its topics",
+        caption_justify="left",
+    )
     for name in ("topic", "group", "consumer"):
         table.add_column(name, overflow="fold")
 
-    for name in ("pending", "idle", "handled", "running"):
+    for name in ("pending", "idle", "total handled", "running"):
         table.add_column(name, justify="right")
 
+    shown: set[tuple[str, str]] = set()
     for g in groups:
         for c in g.consumers:
             instance = running.get((g.group, c.name))
             handled = instance.stats.get("events_handled") if instance else None
+            if (g.group, c.name) in shown:
+                total = ""
+            else:
+                shown.add((g.group, c.name))
+                total = "-" if handled is None else str(handled)
+
             table.add_row(
                 g.topic,
                 g.group,
                 c.name,
                 str(c.pending),
                 age(c.idle),
-                "-" if handled is None else str(handled),
+                total,
                 "yes" if instance else "no",
             )
 
