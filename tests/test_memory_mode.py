@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 import uuid
 
 import anyio
@@ -28,6 +30,7 @@ from redis_events import (
     close_shared_publisher,
     get_publisher,
 )
+from redis_events.admin import EventAdmin
 from redis_events.events import REDACTED
 from tests.helpers import wait_until
 
@@ -249,3 +252,98 @@ async def test_shared_publisher_follows_redis_url_to_memory(
 
     assert get_publisher() is not shared
     await close_shared_publisher()
+
+
+async def test_a_failing_handlers_event_lands_in_the_dead_letters_on_streams(
+    memory_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Dead letters are written by a Lua script (EVALSHA), which fakeredis
+    # runs with lupa, a dependency through fakeredis[lua].
+    subscriber = EventSubscriber(
+        memory_url,
+        transport="stream",
+        start_from="all",
+        max_deliveries=1,
+        block_seconds=0.1,
+    )
+
+    @subscriber.on("orders")
+    async def fail(topic: str, event: object) -> None:
+        raise ValueError("declined")
+
+    async with EventPublisher(memory_url, transport="stream") as publisher:
+        entry_id = await publisher.publish("orders", {"event_type": "order", "n": 1})
+
+    async with EventAdmin(memory_url) as admin:
+        with caplog.at_level(logging.WARNING, logger="redis_events"):
+            async with subscriber:
+                await wait_until(
+                    lambda: subscriber.get_stats().get("dead_lettered", 0) == 1
+                )
+
+        letters = await admin.dead_letters("orders")
+
+    assert [(d.original_id, d.reason) for d in letters] == [
+        (entry_id, "handler failed 1 times")
+    ]
+    assert "Could not settle" not in caplog.text
+    assert not [r for r in caplog.records if r.exc_info and r.levelno < logging.ERROR]
+
+
+NO_LUA_SCRIPT = """
+import sys
+
+sys.modules["lupa"] = None  # fakeredis without its lua extra: no EVALSHA
+
+import logging
+
+import anyio
+
+from redis_events import EventPublisher, EventSubscriber
+
+logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+
+
+async def main() -> None:
+    url = "memory://no-lua"
+    sub = EventSubscriber(
+        url, transport="stream", start_from="all", max_deliveries=1, block_seconds=0.1
+    )
+
+    @sub.on("orders")
+    async def fail(topic, event):
+        raise ValueError("declined")
+
+    async with EventPublisher(url, transport="stream") as publisher:
+        await publisher.publish("orders", {"n": 1})
+
+    async with sub:
+        while not sub.get_stats()["handler_errors"]:
+            await anyio.sleep(0.01)
+
+    print("stopped", sub.get_stats()["dead_lettered"])
+
+
+anyio.run(main)
+"""
+
+
+def test_a_dead_letter_that_cannot_be_written_at_stop_is_one_warning_line() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", NO_LUA_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "stopped 0\n"
+    warnings = [line for line in done.stderr.splitlines() if line.startswith("WARN")]
+    assert warnings[-1].startswith(
+        "WARNING Could not acknowledge 1 entries at stop (ResponseError: unknown "
+        "command 'evalsha'"
+    )
+    # The handler's own failure is an ERROR with its traceback; nothing else.
+    assert done.stderr.count("Traceback") == 1
+    assert "ValueError: declined" in done.stderr

@@ -128,10 +128,9 @@ def create_client(settings: Settings, *, role: str) -> Redis:
 
 
 def _memory_client(settings: Settings, name: str) -> Redis:
-    # TODO(memory-streams): fakeredis runs Lua only with the optional lupa
-    # package, so dead letters of the stream transport fail on memory://;
-    # pub/sub and plain stream consumption work there.
-    # Imported here so that fakeredis is loaded only by memory:// users.
+    # fakeredis runs the dead-letter script (EVALSHA) with lupa, which the
+    # fakeredis[lua] dependency brings. Imported here so that fakeredis is
+    # loaded only by memory:// users.
     import fakeredis
 
     key = urlsplit(settings.redis_url).netloc or "default"

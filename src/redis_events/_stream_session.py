@@ -177,12 +177,18 @@ class StreamSession:
     async def _flush(self) -> None:
         try:
             await self.consumer.settler.flush()
-        except Exception:
+        except Exception as exc:
+            # A WARNING in the settler's own words: Redis down or refusing
+            # (a script on a server without Lua) is no bug of ours, and its
+            # traceback only at DEBUG.
             logger.warning(
-                "Could not acknowledge %d entries at stop; they stay pending",
+                "Could not acknowledge %d entries at stop (%s: %s); they stay pending",
                 self.consumer.settler.pending,
-                exc_info=True,
+                type(exc).__name__,
+                exc,
+                extra=self.consumer.log_fields(),
             )
+            logger.debug("Acknowledgement at stop failed", exc_info=True)
 
 
 async def _cancel_when_set(event: anyio.Event, scope: anyio.CancelScope) -> None:
