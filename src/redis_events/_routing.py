@@ -180,18 +180,19 @@ class Router:
 
     def _route_direct(self, frame: Frame) -> tuple[list[Handler], Delivery] | None:
         topic = frame.channel.decode(errors="replace")
+        if self._stats.observer is not None:
+            self._stats.observer.received(topic)
+
         handlers = self.channels.get(topic)
         if not handlers:
             self._stats.unrouted_events += 1
             return None
 
-        try:
-            event = self.registry.decode(topic, frame.data)
-        except EventDecodeError as exc:
-            self._rejected(topic, exc)
+        event, trace = self._decode_data(topic, frame.data)
+        if isinstance(event, EventDecodeError):
             return None
 
-        return list(handlers), Delivery(topic, event)
+        return list(handlers), Delivery(topic, event, trace_context=trace)
 
     async def _submit(
         self,
@@ -246,19 +247,28 @@ class Router:
 
     def _decode(self, topic: str, frame: Frame, group: _Group) -> DecodedEvent | None:
         if group.decoded is None:
-            # A trace context appended by a publisher is not part of the
-            # event: it is taken off before the model sees the JSON.
-            data, group.trace = split_json(frame.data)
-            try:
-                group.decoded = self.registry.decode(topic, data)
-            except EventDecodeError as exc:
-                group.decoded = exc
-                self._rejected(topic, exc)
+            group.decoded, group.trace = self._decode_data(topic, frame.data)
 
         if isinstance(group.decoded, EventDecodeError):
             return None
 
         return group.decoded
+
+    def _decode_data(
+        self, topic: str, data: bytes
+    ) -> tuple[DecodedEvent | EventDecodeError, dict[str, str] | None]:
+        """Decode one message; a rejected one is counted, logged and returned.
+
+        Both routes, with patterns and without, decode here, so that neither
+        can skip a step: a trace context appended by a publisher is not part
+        of the event, and is taken off before the model sees the JSON.
+        """
+        data, trace = split_json(data)
+        try:
+            return self.registry.decode(topic, data), trace
+        except EventDecodeError as exc:
+            self._rejected(topic, exc)
+            return exc, None
 
 
 def _field(event: object, name: str) -> Hashable:
