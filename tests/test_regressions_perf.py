@@ -8,18 +8,31 @@ on the merge (e95a4b4) and passes since. The defect is in the docstring.
 from __future__ import annotations
 
 import json
+import threading
+import time
 from typing import TYPE_CHECKING
 
+import anyio
 import pytest
 from pydantic import BaseModel, ConfigDict
 
-from redis_events import EventSubscriber, current_delivery
+from redis_events import EventPublisher, EventSubscriber, current_delivery
 from redis_events._envelope import add_to_json
 from redis_events.observers import EventObserver
 from tests.helpers import wait_until
 
 if TYPE_CHECKING:
     import redis
+
+    from tests.redis_server import RedisServer
+
+# Freezes of the server during one batch: each shorter than the socket
+# timeout, all of them together longer.
+FREEZES = 3
+FREEZE_SECONDS = 0.8
+BATCH_TIMEOUT = 2.0
+BATCH = 100_000
+BATCH_STARTED = 1000
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
@@ -80,3 +93,69 @@ async def test_both_pubsub_routes_take_off_the_trace_and_tell_observers(
     assert got == [(n, {"traceparent": TRACEPARENT}) for n in range(3)]
     assert arrivals.topics == [topic] * 3
     assert subscriber.get_stats()["invalid_events"] == 0
+
+
+def _publishes(client: redis.Redis) -> int:
+    stats: dict[str, dict[str, int]] = client.info("commandstats")
+    return stats.get("cmdstat_publish", {}).get("calls", 0)
+
+
+def _freeze_during_batch(server: RedisServer, stop: threading.Event) -> None:
+    """Once Redis runs the batch's PUBLISHes, freeze it a few times."""
+    client = server.client()
+    try:
+        while _publishes(client) < BATCH_STARTED and not stop.wait(0.001):
+            pass
+    finally:
+        client.close()
+
+    for _ in range(FREEZES):
+        if stop.is_set():
+            return
+
+        server.freeze()
+        time.sleep(FREEZE_SECONDS)
+        server.thaw()
+        # Thawed just long enough to answer part of the batch.
+        time.sleep(0.02)
+
+
+@pytest.mark.redis
+async def test_a_batch_that_keeps_progressing_is_not_cut_by_the_socket_timeout(
+    own_redis_server: RedisServer, uid: str
+) -> None:
+    """A packed PUBLISH batch had ``socket_timeout`` for all of its replies.
+
+    A pipeline waits up to ``socket_timeout`` for each reply; the packed
+    batch bounded the whole exchange by it, so a large batch, or one that a
+    busy server answered in several bursts, failed with
+    ``RedisUnavailableError`` from a healthy server, after part of it was
+    delivered. The bound is now on each wait for progress.
+    """
+    topic = f"packed-{uid}"
+    stop = threading.Event()
+    freezer = threading.Thread(
+        target=_freeze_during_batch, args=(own_redis_server, stop)
+    )
+    freezer.start()
+    try:
+        async with EventPublisher(
+            own_redis_server.url,
+            socket_timeout=BATCH_TIMEOUT,
+            publish_retry_timeout=0,
+        ) as publisher:
+            counts = await publisher.publish_many(
+                topic, [{"n": n} for n in range(BATCH)]
+            )
+            # The same pooled connection serves the next batch.
+            assert await publisher.publish_many(topic, [{"n": 0}]) == [0]
+    finally:
+        stop.set()
+        await anyio.to_thread.run_sync(freezer.join)
+
+    assert counts == [0] * BATCH
+    assert publisher.get_stats() == {
+        "events_published": BATCH + 1,
+        "publish_retries": 0,
+        "publish_failures": 0,
+    }
