@@ -16,10 +16,16 @@ import anyio
 import pytest
 from pydantic import BaseModel, ConfigDict
 
-from redis_events import EventPublisher, EventSubscriber, current_delivery
+from redis_events import (
+    EventPublisher,
+    EventSubscriber,
+    RedisUnavailableError,
+    current_delivery,
+)
 from redis_events._envelope import add_to_json
 from redis_events.observers import EventObserver
 from tests.helpers import wait_until
+from tests.redis_server import free_port
 
 if TYPE_CHECKING:
     import redis
@@ -159,3 +165,23 @@ async def test_a_batch_that_keeps_progressing_is_not_cut_by_the_socket_timeout(
         "publish_retries": 0,
         "publish_failures": 0,
     }
+
+
+async def test_an_unreachable_cluster_is_retried_and_reported_as_unavailable() -> None:
+    """No reachable seed node was neither retried nor called unavailable.
+
+    redis-py raises ``RedisClusterUnreachableError``, which is neither a
+    ``RedisError`` nor a ``ConnectionError``, when no seed node answers: a
+    publish failed at once with the root ``RedisEventsError`` instead of
+    retrying, and subscribers' ``connect`` raised the same.
+    """
+    url = f"redis+cluster://127.0.0.1:{free_port()},127.0.0.1:{free_port()}"
+    publisher = EventPublisher(url, publish_retry_timeout=0.3)
+    with pytest.raises(RedisUnavailableError, match="RedisClusterUnreachableError"):
+        await publisher.publish_many("t", [{"n": 1}])
+
+    await publisher.close()
+    assert publisher.get_stats()["publish_retries"] >= 1
+    with pytest.raises(RedisUnavailableError):
+        async with EventSubscriber(url) as subscriber:
+            subscriber.on("t")(lambda _, event: None)
