@@ -23,6 +23,7 @@ from redis_events import (
     current_delivery,
 )
 from redis_events._envelope import add_to_json
+from redis_events._keys import stream_key
 from redis_events.observers import EventObserver
 from tests.helpers import wait_until
 from tests.redis_server import free_port
@@ -30,6 +31,7 @@ from tests.redis_server import free_port
 if TYPE_CHECKING:
     import redis
 
+    from tests.cluster_servers import ClusterServers
     from tests.redis_server import RedisServer
 
 # Freezes of the server during one batch: each shorter than the socket
@@ -185,3 +187,98 @@ async def test_an_unreachable_cluster_is_retried_and_reported_as_unavailable() -
     with pytest.raises(RedisUnavailableError):
         async with EventSubscriber(url) as subscriber:
             subscriber.on("t")(lambda _, event: None)
+
+
+@pytest.mark.redis
+async def test_subscribers_outlive_a_restart_of_the_whole_cluster(
+    own_redis_cluster: ClusterServers, uid: str
+) -> None:
+    """A stream subscriber died when every cluster node was down at once.
+
+    Rebuilding the slot map with no node up raised
+    ``RedisClusterUnreachableError``, which the consumer's retry loop did
+    not catch; and a connection the settling nodes closed during the
+    group's re-creation ended it too (see the test below).
+    """
+    cluster = own_redis_cluster
+    topic = f"bounce-{uid}"
+    # The nodes keep no data: the group is created again, and reads the
+    # stream from its start.
+    stream = EventSubscriber(
+        cluster.url, transport="stream", group=f"g-{uid}", start_from="all"
+    )
+    shard = EventSubscriber(cluster.url)
+    got: dict[str, list[int]] = {"stream": [], "pubsub": []}
+    stream.on(topic)(lambda _, event: got["stream"].append(event["n"]))
+    shard.on(topic)(lambda _, event: got["pubsub"].append(event["n"]))
+    async with (
+        stream,
+        shard,
+        EventPublisher(cluster.url, transport="stream") as to_stream,
+        EventPublisher(cluster.url) as to_shard,
+    ):
+        await to_stream.publish(topic, {"n": 0})
+        await to_shard.publish(topic, {"n": 0})
+        await wait_until(lambda: got == {"stream": [0], "pubsub": [0]})
+        for node in cluster.nodes:
+            node.stop()
+
+        # Down long enough for both readers to try to rebuild the slot map.
+        await anyio.sleep(1)
+        for node in cluster.nodes:
+            node.start()
+
+        await anyio.to_thread.run_sync(cluster.wait_healthy)
+        await to_stream.publish(topic, {"n": 1})
+        with anyio.fail_after(30):
+            # Pub/sub keeps nothing for a subscriber that is not back yet.
+            while len(got["pubsub"]) < 2:
+                await to_shard.publish(topic, {"n": 1})
+                await anyio.sleep(0.1)
+
+        await wait_until(lambda: got["stream"] == [0, 1])
+        assert set(got["pubsub"]) == {0, 1}
+
+
+@pytest.mark.redis
+async def test_a_lost_connection_while_the_group_is_created_again_is_retried(
+    own_redis_server: RedisServer, uid: str
+) -> None:
+    """The stream consumer created a lost group again outside its retry.
+
+    It did so from inside its error handler: a connection lost or timed out
+    during that ``XGROUP CREATE`` (a server restarting, cluster nodes that
+    settle) ended the subscriber with ``RedisUnavailableError``. Here the
+    group is destroyed and writes are paused in one transaction, so the
+    re-creation times out once.
+    """
+    topic, group = f"regroup-{uid}", f"g-{uid}"
+    got: list[int] = []
+    subscriber = EventSubscriber(
+        own_redis_server.url,
+        transport="stream",
+        group=group,
+        socket_timeout=0.5,
+        block_seconds=0.2,
+    )
+    subscriber.on(topic)(lambda _, event: got.append(event["n"]))
+    admin = own_redis_server.client()
+    async with (
+        subscriber,
+        EventPublisher(
+            own_redis_server.url, transport="stream", publish_retry_timeout=30
+        ) as publisher,
+    ):
+        await publisher.publish(topic, {"n": 0})
+        await wait_until(lambda: got == [0])
+        with admin.pipeline(transaction=True) as both:
+            both.execute_command("XGROUP", "DESTROY", stream_key(topic), group)  # type: ignore[no-untyped-call]  # untyped upstream
+            both.execute_command("CLIENT", "PAUSE", "1500", "WRITE")  # type: ignore[no-untyped-call]  # untyped upstream
+            assert both.execute() == [1, "OK"]
+
+        await wait_until(lambda: subscriber.get_stats()["reconnect_attempts"] >= 1)
+        await publisher.publish(topic, {"n": 1})
+        await wait_until(lambda: got == [0, 1])
+
+    admin.close()
+    assert subscriber.get_stats()["groups_recreated"] == 1
