@@ -29,6 +29,8 @@ from tests.helpers import wait_until
 from tests.redis_server import free_port
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     import redis
 
     from tests.cluster_servers import ClusterServers
@@ -282,3 +284,83 @@ async def test_a_lost_connection_while_the_group_is_created_again_is_retried(
 
     admin.close()
     assert subscriber.get_stats()["groups_recreated"] == 1
+
+
+OUTCOME_COUNTERS = (
+    "events_handled",
+    "handler_errors",
+    "handler_timeouts",
+    "handlers_cancelled",
+    "invalid_events",
+    "unrouted_events",
+)
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("ordered", [False, True], ids=["unordered", "ordered"])
+async def test_every_event_received_is_in_one_outcome_counter_after_a_stop(
+    own_redis_server: RedisServer, uid: str, ordered: bool
+) -> None:
+    """Events dropped at a stop were received but counted nowhere.
+
+    Two kinds were lost from the counts: one waiting behind a busy ordering
+    key (dropped unstarted), and one the reader held while it waited for a
+    handler slot. With one handler per event, ``events_received`` must equal
+    the sum of the outcome counters.
+    """
+    topic = f"counts-{uid}"
+    subscriber = EventSubscriber(
+        own_redis_server.url, max_concurrency=3, shutdown_timeout=0
+    )
+    started: list[int] = []
+
+    @subscriber.on(topic)
+    async def handle(_: str, event: dict[str, int]) -> None:
+        started.append(event["n"])
+        await anyio.sleep_forever()
+
+    if ordered:
+        subscriber.order_by(topic, "k")
+
+    async with EventPublisher(own_redis_server.url) as publisher, subscriber:
+        await publisher.publish_many(topic, [{"n": n, "k": 0} for n in range(6)])
+        # Three accepted, the fourth held by the reader waiting for a slot.
+        await wait_until(lambda: subscriber.get_stats()["events_received"] == 4)
+        await wait_until(lambda: len(started) == (1 if ordered else 3))
+
+    stats = subscriber.get_stats()
+    assert stats["events_received"] == 4
+    assert sum(stats[name] for name in OUTCOME_COUNTERS) == 4
+    assert stats["handlers_cancelled"] == 4
+
+
+@pytest.mark.redis
+async def test_calls_of_an_event_held_at_a_stop_are_all_counted(
+    own_redis_server: RedisServer, uid: str
+) -> None:
+    """The handlers after the one waiting for a slot were counted nowhere."""
+    topic = f"three-{uid}"
+    subscriber = EventSubscriber(
+        own_redis_server.url, max_concurrency=1, shutdown_timeout=0
+    )
+    started: list[str] = []
+
+    def handler(name: str) -> Callable[[str, object], Awaitable[None]]:
+        async def handle(_: str, event: object) -> None:
+            started.append(name)
+            await anyio.sleep_forever()
+
+        handle.__qualname__ = name
+        return handle
+
+    for name in ("a", "b", "c"):
+        subscriber.on(topic)(handler(name))
+
+    async with EventPublisher(own_redis_server.url) as publisher, subscriber:
+        await publisher.publish(topic, {"n": 0})
+        await wait_until(lambda: started == ["a"])
+
+    stats = subscriber.get_stats()
+    assert stats["events_received"] == 1
+    assert stats["handlers_cancelled"] == 3
+    assert sum(stats[name] for name in OUTCOME_COUNTERS) == 3

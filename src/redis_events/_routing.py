@@ -202,11 +202,18 @@ class Router:
         dispatcher: Dispatcher,
     ) -> None:
         order = self._ordering.get(delivery.topic)
-        for handler in handlers:
+        for at, handler in enumerate(handlers):
             key = (handler, order(delivery.event)) if order is not None else None
             reader.stalled = True
             try:
                 await dispatcher.submit(handler, delivery, key=key)
+            except BaseException:
+                # Stopped while waiting for a handler slot: submit() counted
+                # its own call; the calls after it are never made either.
+                for later in handlers[at + 1 :]:
+                    dispatcher.not_started(later, delivery)
+
+                raise
             finally:
                 reader.stalled = False
 

@@ -169,7 +169,8 @@ class Dispatcher:
         cancelled, calls in flight are not cancelled at once: each gets up to
         ``shutdown_timeout`` seconds to finish, then is cancelled and counted
         in ``handlers_cancelled``. Jobs waiting behind a busy ordering key
-        are then dropped unstarted (``Outcome.NOT_STARTED``). A plain
+        are then dropped unstarted (``Outcome.NOT_STARTED``), logged and
+        counted in ``handlers_cancelled`` too. A plain
         (non-async) handler runs in a worker thread and cannot be interrupted
         by a timeout or a shutdown.
     """
@@ -239,9 +240,9 @@ class Dispatcher:
             left.extend(jobs)
 
         self._waiting_by_key.clear()
-        for job in left:
+        for handler, delivery, _ in left:
             self._accepted -= 1
-            self._report(job[1], Outcome.NOT_STARTED)
+            self.not_started(handler, delivery)
 
         if error is not None:
             raise error
@@ -271,13 +272,22 @@ class Dispatcher:
         With a ``key``, the job runs after every earlier job with the same
         key has finished. Jobs start in the order they were accepted.
 
+        Note:
+            A job refused here (the dispatcher stopped, or the caller was
+            cancelled while it waited) counts as ``not_started()``.
+
         Raises:
             RuntimeError: Called outside ``running()``.
         """
-        while self._accepted >= self._limit:
-            await self._wait_freed()
+        try:
+            while self._accepted >= self._limit:
+                await self._wait_freed()
 
-        self._check_running()
+            self._check_running()
+        except BaseException:
+            self.not_started(handler, delivery)
+            raise
+
         self._accepted += 1
         job = (handler, delivery, key)
         if key is not None:
@@ -463,6 +473,23 @@ class Dispatcher:
             extra={"topic": delivery.topic, "event_id": delivery.event_id},
         )
         self._report(delivery, Outcome.CANCELLED)
+
+    def not_started(self, handler: Handler, delivery: Delivery) -> None:
+        """Count, log and report a call dropped at shutdown before it started.
+
+        It is counted in ``handlers_cancelled``, with the calls cut short: on
+        pub/sub the event is lost, and every event received must show up in
+        some counter.
+        """
+        self._stats.handlers_cancelled += 1
+        logger.warning(
+            "Handler %s was not started before shutdown on topic %s (event %s)",
+            _name(handler),
+            delivery.topic,
+            delivery.event_id,
+            extra={"topic": delivery.topic, "event_id": delivery.event_id},
+        )
+        self._report(delivery, Outcome.NOT_STARTED)
 
     def _report(self, delivery: Delivery, outcome: Outcome) -> None:
         if self._on_outcome is not None:
