@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
@@ -23,7 +23,7 @@ from redis_events import (
     current_delivery,
 )
 from redis_events._envelope import add_to_json
-from redis_events._keys import stream_key
+from redis_events._keys import dead_letter_key, stream_key
 from redis_events.observers import EventObserver
 from tests.helpers import wait_until
 from tests.redis_server import free_port
@@ -364,3 +364,45 @@ async def test_calls_of_an_event_held_at_a_stop_are_all_counted(
     assert stats["events_received"] == 1
     assert stats["handlers_cancelled"] == 3
     assert sum(stats[name] for name in OUTCOME_COUNTERS) == 3
+
+
+def _key_or_fail(event: dict[str, object]) -> object:
+    """An ordering key function that fails on events without ``k``."""
+    key = event["k"]
+    return [key] if key == "list" else key
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("transport", ["pubsub", "stream"])
+async def test_an_event_whose_ordering_key_fails_is_rejected_not_fatal(
+    redis_url: str, r: redis.Redis, uid: str, transport: str
+) -> None:
+    """An ordering key function that raised, or returned an unhashable value,
+    ended the subscriber (on pub/sub as a bare ``ExceptionGroup``).
+
+    Such an event is bad input: it is now rejected like an undecodable one,
+    counted in ``invalid_events``, logged, and dead-lettered on streams;
+    the events around it are handled in order.
+    """
+    topic = f"keyfail-{uid}"
+    subscriber = EventSubscriber(redis_url, transport=transport, group=f"g-{uid}")
+    got: list[int] = []
+    subscriber.on(topic)(lambda _, event: got.append(event["n"]))
+    subscriber.order_by(topic, _key_or_fail)
+    events: list[dict[str, Any]] = [
+        {"n": 0, "k": 1},
+        {"n": 1},
+        {"n": 2, "k": "list"},
+        {"n": 3, "k": 1},
+    ]
+    async with EventPublisher(redis_url, transport=transport) as publisher:
+        async with subscriber:
+            for event in events:
+                await publisher.publish(topic, event)
+
+            await wait_until(lambda: got == [0, 3])
+            await wait_until(lambda: subscriber.get_stats()["invalid_events"] == 2)
+
+    if transport == "stream":
+        letters: list[Any] = r.xrange(dead_letter_key(topic)) or []
+        assert [json.loads(fields["data"])["n"] for _, fields in letters] == [1, 2]

@@ -423,6 +423,16 @@ class StreamConsumer:
             trace_context=from_fields(fields),
         )
 
+    def reject(self, delivery: Delivery, reason: str) -> None:
+        """Count, log and dead-letter a delivery that cannot be handled."""
+        self._reject(
+            self._keys[delivery.topic],
+            delivery.topic,
+            delivery.delivery_id or "",
+            reason,
+            delivery.delivery_count,
+        )
+
     def _reject(
         self, key: str, topic: str, entry_id: str, reason: str, count: int
     ) -> None:
