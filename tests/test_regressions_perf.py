@@ -1,8 +1,9 @@
-"""Regressions of the break-it review of the performance rewrite.
+"""Regressions of the break-it review of the performance rewrite and clusters.
 
 One test per defect found by attacking the dispatcher, the packed pub/sub
-batches and the leaner readers merged with the ``perf`` branch; each failed
-on the merge (e95a4b4) and passes since. The defect is in the docstring.
+batches and the leaner readers of the ``perf`` merge, and the cluster and
+Sentinel support of the ``cluster`` merge; each failed on the merged code
+(e95a4b4) and passes since. The defect is in the docstring.
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ import pytest
 from pydantic import BaseModel, ConfigDict
 
 from redis_events import (
+    ConfigurationError,
     EventPublisher,
     EventSubscriber,
     RedisUnavailableError,
+    Settings,
     current_delivery,
 )
 from redis_events._envelope import add_to_json
@@ -406,3 +409,55 @@ async def test_an_event_whose_ordering_key_fails_is_rejected_not_fatal(
     if transport == "stream":
         letters: list[Any] = r.xrange(dead_letter_key(topic)) or []
         assert [json.loads(fields["data"])["n"] for _, fields in letters] == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("url", "options", "addresses", "db"),
+    [
+        ("redis+cluster://[::1]", {}, (("::1", 6379),), 0),
+        ("redis+cluster://a:7000,[::1]", {}, (("a", 7000), ("::1", 6379)), 0),
+        ("redis://[::1]", {"topology": "cluster"}, (("::1", 6379),), 0),
+        (
+            "redis+sentinel://[fe80::1%25eth0]:26379/s",
+            {},
+            (("fe80::1%eth0", 26379),),
+            0,
+        ),
+        ("redis+sentinel://s:26379/events/2", {}, (("s", 26379),), 2),
+    ],
+)
+def test_ipv6_seed_addresses_take_the_default_port_and_their_zone(
+    url: str, options: dict[str, Any], addresses: tuple[tuple[str, int], ...], db: int
+) -> None:
+    """A bracketed IPv6 address without a port was refused.
+
+    The port was taken after the last colon, which for ``[::1]`` is inside
+    the brackets; and a percent-encoded zone stayed encoded.
+    """
+    deployment = Settings(redis_url=url, **options).deployment
+    assert deployment.addresses == addresses
+    assert deployment.db == db
+
+
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("redis+cluster://a:7000,b:\u0663\u0660\u0660\u0660", "host:port"),
+        ("redis+cluster://a:7000,b:\u00b2", "host:port"),
+        ("redis+cluster://a:7000,::1:7001", "IPv6 address in brackets"),
+        ("redis+cluster://a:7000,[::1]x", "IPv6 address in brackets"),
+        ("redis+sentinel://u:secret@s:26379/events/\u0663", "/service"),
+    ],
+)
+def test_ports_and_databases_are_ascii_digits(url: str, said: str) -> None:
+    """Ports and database numbers were read with ``str.isdigit()``.
+
+    It takes digits of any script: a port of Arabic-Indic digits became
+    3000 and a superscript one raised ``int()``'s own error; a Sentinel
+    database of such digits was accepted too. An IPv6 address without
+    brackets had its last group taken for the port.
+    """
+    with pytest.raises(ConfigurationError, match=said) as caught:
+        Settings.from_arguments(url)
+
+    assert "secret" not in str(caught.value)
