@@ -9,6 +9,7 @@ Sentinel support of the ``cluster`` merge; each failed on the merged code
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
 
     import redis
 
+    from redis_events.dispatcher import Delivery, Outcome
     from tests.cluster_servers import ClusterServers
     from tests.redis_server import RedisServer
 
@@ -461,3 +463,100 @@ def test_ports_and_databases_are_ascii_digits(url: str, said: str) -> None:
         Settings.from_arguments(url)
 
     assert "secret" not in str(caught.value)
+
+
+class ControlFlow(BaseException):
+    """What some libraries raise for their own control flow."""
+
+
+@pytest.mark.redis
+async def test_a_handler_that_raises_another_base_exception_just_failed(
+    redis_url: str, uid: str
+) -> None:
+    """A BaseException that is not an Exception ended the subscriber.
+
+    With a handler timeout set it hung it instead (see the observer test
+    below). Only ``SystemExit`` and ``KeyboardInterrupt`` mean "stop"; anything else
+    a handler raises is that handler's failure, counted and logged.
+    """
+    topic = f"base-{uid}"
+    subscriber = EventSubscriber(redis_url)
+    got: list[int] = []
+
+    @subscriber.on(topic)
+    async def handle(_: str, event: dict[str, int]) -> None:
+        got.append(event["n"])
+        if event["n"] == 1:
+            raise ControlFlow
+
+    async with EventPublisher(redis_url) as publisher, subscriber:
+        for n in range(3):
+            await publisher.publish(topic, {"n": n})
+
+        await wait_until(lambda: len(got) == 3)
+        await wait_until(lambda: subscriber.get_stats()["events_handled"] == 2)
+
+    assert subscriber.get_stats()["handler_errors"] == 1
+
+
+class Broken(EventObserver):
+    """An observer that raises in every hook."""
+
+    def received(self, topic: str) -> None:
+        """Raise."""
+        raise RuntimeError(topic)
+
+    def rejected(self, topic: str | None) -> None:
+        """Raise."""
+        raise RuntimeError(topic)
+
+    def started(self, delivery: Delivery) -> object:
+        """Raise."""
+        raise RuntimeError(delivery.topic)
+
+    def finished(self, delivery: Delivery, outcome: Outcome, token: object) -> None:
+        """Raise."""
+        raise RuntimeError(delivery.topic)
+
+
+@pytest.mark.redis
+async def test_an_observer_that_raises_is_logged_and_the_events_go_on(
+    redis_url: str, r: redis.Redis, uid: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An observer's exception ended the subscriber, or hung it for good.
+
+    With a handler timeout (60 s by default), the worker that the exception
+    ended never counted itself out, so the shielded timeout watch, and the
+    subscriber's block with it, waited forever, deaf to cancellation. Each
+    failing hook is now logged at ERROR once (then at DEBUG), the other
+    observers are still told, and a worker that an exception does end
+    always counts itself out.
+    """
+    topic = f"observed-{uid}"
+    subscriber = EventSubscriber(redis_url)
+    arrivals = Arrivals()
+    subscriber.add_observer(Broken())
+    subscriber.add_observer(arrivals)
+    got: list[int] = []
+    subscriber.on(topic)(lambda _, event: got.append(event["n"]))
+    with caplog.at_level(logging.DEBUG, logger="redis_events.observers"):
+        async with subscriber:
+            for n in range(3):
+                r.publish(topic, json.dumps({"n": n}))
+
+            r.publish(topic, "not json")
+            await wait_until(lambda: sorted(got) == [0, 1, 2])
+            await wait_until(lambda: subscriber.get_stats()["invalid_events"] == 1)
+
+    assert arrivals.topics == [topic] * 4
+    errors = [
+        record.getMessage()
+        for record in caplog.records
+        if record.name == "redis_events.observers" and record.levelno == logging.ERROR
+    ]
+    # Not told of the end of calls whose start it failed to take.
+    assert sorted(errors) == [
+        f"Observer Broken failed in {hook}(); the event goes on without it"
+        for hook in ("received", "rejected", "started")
+    ]
+    assert subscriber.get_stats()["events_handled"] == 3

@@ -209,31 +209,45 @@ class Dispatcher:
         self._drain_deadline = math.inf
         self._running = True
         error: Exception | None = None
-        async with anyio.create_task_group() as task_group:
-            self._watch_scope = anyio.CancelScope(shield=True)
-            self._live_workers = self._limit
-            if self._handler_timeout != math.inf:
-                task_group.start_soon(self._watch_timeouts)
+        try:
+            async with anyio.create_task_group() as task_group:
+                self._watch_scope = anyio.CancelScope(shield=True)
+                self._live_workers = self._limit
+                if self._handler_timeout != math.inf:
+                    task_group.start_soon(self._watch_timeouts)
 
-            for _ in range(self._limit):
-                task_group.start_soon(self._work)
+                for _ in range(self._limit):
+                    task_group.start_soon(self._work)
 
-            try:
-                yield
-            except Exception as exc:
-                # Raised after the task group, so that it is not wrapped in
-                # an exception group.
-                error = exc
-            finally:
-                self._running = False
-                self._freed.set()
-                while self._idle:
-                    self._wake_one()
+                try:
+                    yield
+                except Exception as exc:
+                    # Raised after the task group, so that it is not wrapped
+                    # in an exception group.
+                    error = exc
+                finally:
+                    self._running = False
+                    self._freed.set()
+                    while self._idle:
+                        self._wake_one()
 
-                self.drain(self._shutdown_timeout)
+                    self.drain(self._shutdown_timeout)
+        except BaseExceptionGroup as group:
+            # A worker ended by what its handler raised and no handler may
+            # swallow (SystemExit, KeyboardInterrupt): raised as itself.
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
 
+            raise
+        finally:
+            self._drop_left()
+
+        if error is not None:
+            raise error
+
+    def _drop_left(self) -> None:
         # Left over when workers were cancelled while idle (a drain deadline
-        # that passed): never started.
+        # that passed), or ended by an exception: never started.
         left = list(self._ready)
         self._ready.clear()
         for jobs in self._waiting_by_key.values():
@@ -243,9 +257,6 @@ class Dispatcher:
         for handler, delivery, _ in left:
             self._accepted -= 1
             self.not_started(handler, delivery)
-
-        if error is not None:
-            raise error
 
     def drain(self, timeout: float) -> None:
         """Give every call in flight at most ``timeout`` more seconds."""
@@ -329,18 +340,26 @@ class Dispatcher:
         _current_dispatcher.set(self)
         worker = _Worker()
         self._workers.add(worker)
-        with anyio.CancelScope(shield=True) as scope:
-            scope.deadline = self._drain_deadline
-            self._scopes.add(scope)
-            while worker.job is not None or self._running or self._ready:
-                with worker.call_scope:
-                    await self._serve(worker, scope)
+        scope = anyio.CancelScope(shield=True)
+        scope.deadline = self._drain_deadline
+        self._scopes.add(scope)
+        try:
+            with scope:
+                while worker.job is not None or self._running or self._ready:
+                    with worker.call_scope:
+                        await self._serve(worker, scope)
 
-                if worker.call_scope.cancelled_caught:
-                    self._timed_out(worker)
+                    if worker.call_scope.cancelled_caught:
+                        self._timed_out(worker)
 
-                worker.call_scope = anyio.CancelScope()
+                    worker.call_scope = anyio.CancelScope()
+        finally:
+            # Also when an exception ends the worker (a handler's SystemExit):
+            # the watch task must not outlive the last worker, or the task
+            # group, shielded, waits for it forever.
+            self._left(worker, scope)
 
+    def _left(self, worker: _Worker, scope: anyio.CancelScope) -> None:
         self._scopes.discard(scope)
         self._workers.discard(worker)
         self._live_workers -= 1
@@ -523,6 +542,12 @@ class Dispatcher:
             # its failure, not a reason to stop the whole subscriber.
             return self._failed(handler, delivery, exc)
         except Exception as exc:
+            return self._failed(handler, delivery, exc)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:
+            # Any other BaseException (a library's own control flow, say,
+            # or GeneratorExit) is that handler's failure too.
             return self._failed(handler, delivery, exc)
         finally:
             worker.deadline = math.inf
