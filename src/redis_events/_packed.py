@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 __all__ = ["pack_publishes", "publish_packed"]
 
-# Progress is checked after writing about this many bytes of payload, and
+# Progress is checked after writing about this many bytes of commands, and
 # after reading this many replies.
 _WRITE_BYTES = 1 << 20
 _REPLY_RUN = 256
@@ -87,9 +87,11 @@ async def _exchange(
     # The deadline moves on after each part written and each run of replies
     # read, not after each reply: reading the clock would cost more than
     # reading a reply.
+    # What a command adds to its payload: the channel and the RESP framing.
+    overhead = len(channel.encode()) + 32
     start = 0
     while start < len(payloads):
-        end = _part_end(payloads, start)
+        end = _part_end(payloads, start, overhead)
         progress.deadline = anyio.current_time() + stall_timeout
         await connection.send_packed_command(
             pack_publishes(channel, payloads[start:end]), check_health=False
@@ -107,12 +109,12 @@ async def _exchange(
     return replies
 
 
-def _part_end(payloads: list[bytes], start: int) -> int:
+def _part_end(payloads: list[bytes], start: int, overhead: int) -> int:
     """Return where the part of the batch that starts at ``start`` ends."""
     size = 0
     end = start
     while end < len(payloads) and (end == start or size < _WRITE_BYTES):
-        size += len(payloads[end])
+        size += len(payloads[end]) + overhead
         end += 1
 
     return end
