@@ -567,3 +567,27 @@ async def test_an_observer_that_raises_is_logged_and_the_events_go_on(
         for hook in ("received", "rejected", "started")
     ]
     assert subscriber.get_stats()["events_handled"] == 3
+
+
+@pytest.mark.parametrize(
+    ("url", "options"),
+    [
+        ("redis+cluster://a:7000?password=secret", {}),
+        ("redis+sentinel://s:26379/events?password=secret", {}),
+        ("redis://a:7000?password=secret", {"topology": "cluster"}),
+        ("redis+cluster://u:secret@a:7000#x", {}),
+    ],
+)
+def test_a_query_on_a_cluster_or_sentinel_url_is_refused(
+    url: str, options: dict[str, Any]
+) -> None:
+    """A cluster or Sentinel URL's query was ignored without a word.
+
+    ``?password=`` works on a ``redis://`` URL (redis-py reads it), so the
+    same on a cluster URL looked right, yet the password was dropped and
+    Redis refused the connection later as if it were wrong.
+    """
+    with pytest.raises(ConfigurationError, match=r"no \?query") as caught:
+        Settings.from_arguments(url, **options)
+
+    assert "secret" not in str(caught.value)

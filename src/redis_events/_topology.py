@@ -88,6 +88,15 @@ def parse_topology(
         msg = f"the URL names a {kind} but topology is {topology!r}"
         raise ValueError(msg)
 
+    if parts.query or parts.fragment:
+        # Nothing reads them for a cluster or Sentinel: a ?password= would
+        # be dropped without a word, and Redis would refuse the connection.
+        msg = (
+            f"a {kind} URL takes no ?query or #fragment: give the password "
+            "before the '@' or as the password option"
+        )
+        raise ValueError(msg)
+
     userinfo, at, hosts = parts.netloc.rpartition("@")
     username, password = _credentials(userinfo) if at else (None, None)
     addresses = tuple(_address(item) for item in hosts.split(","))
