@@ -28,6 +28,7 @@ from redis_events import (
 )
 from redis_events._envelope import add_to_json
 from redis_events._keys import dead_letter_key, stream_key
+from redis_events.dispatcher import Delivery, Dispatcher, Outcome, Stats
 from redis_events.observers import EventObserver
 from tests.helpers import wait_until
 from tests.redis_server import free_port
@@ -37,7 +38,6 @@ if TYPE_CHECKING:
 
     import redis
 
-    from redis_events.dispatcher import Delivery, Outcome
     from tests.cluster_servers import ClusterServers
     from tests.redis_server import RedisServer
 
@@ -591,3 +591,48 @@ def test_a_query_on_a_cluster_or_sentinel_url_is_refused(
         Settings.from_arguments(url, **options)
 
     assert "secret" not in str(caught.value)
+
+
+async def test_a_job_is_reported_once_when_a_callback_raises() -> None:
+    """A callback that raised after a call made the worker count it twice.
+
+    The worker took the job as still in flight: ``in_flight`` went below 0,
+    the transport was told ``CANCELLED`` after the call had ended, and not
+    told how it ended. An observer set on ``Stats`` directly (not through
+    ``add_observer``, which contains its errors) is such a callback.
+    """
+    outcomes: list[tuple[int, Outcome]] = []
+    stats = Stats(observer=FinishFails())
+    dispatcher = Dispatcher(
+        max_concurrency=1,
+        handler_timeout=60,
+        shutdown_timeout=1,
+        stats=stats,
+        on_outcome=lambda d, o: outcomes.append((int(str(d.event_id)), o)),
+    )
+
+    async def handle(_: str, event: object) -> None:
+        """Return at once."""
+
+    async def run() -> None:
+        async with dispatcher.running():
+            await dispatcher.submit(handle, Delivery("t", {"event_id": "0"}))
+            await dispatcher.submit(handle, Delivery("t", {"event_id": "1"}))
+            await anyio.sleep_forever()
+
+    with anyio.fail_after(10), pytest.raises(RuntimeError, match="finished"):
+        await run()
+
+    # The second job waited for the one worker, which the error ended.
+    assert outcomes == [(0, Outcome.HANDLED), (1, Outcome.NOT_STARTED)]
+    assert stats.in_flight == 0
+    assert stats.events_handled == 1
+    assert stats.handlers_cancelled == 1
+
+
+class FinishFails(EventObserver):
+    """An observer whose ``finished`` raises."""
+
+    def finished(self, delivery: Delivery, outcome: Outcome, token: object) -> None:
+        """Raise."""
+        raise RuntimeError("finished")

@@ -371,7 +371,7 @@ class Dispatcher:
             self._idle.remove(worker)
 
         if worker.job is not None:
-            self._tell_observer(worker, Outcome.CANCELLED)
+            self._tell_observer(worker, worker.job[1], Outcome.CANCELLED)
             self._cancelled(worker.job)
 
     async def _serve(self, worker: _Worker, worker_scope: anyio.CancelScope) -> None:
@@ -420,18 +420,23 @@ class Dispatcher:
             # Only a full dispatcher has waiters: wake them at the first slot.
             self._freed.set()
 
-        self._tell_observer(worker, outcome)
-        self._report(job[1], outcome)
+        # The job is done with before anyone is told: should a callback
+        # raise, the worker's exit must not count it a second time, and the
+        # transport (which acknowledges) hears of it whatever an observer does.
         worker.job = self._next_for_key(job[2])
+        try:
+            self._report(job[1], outcome)
+        finally:
+            self._tell_observer(worker, job[1], outcome)
 
     @staticmethod
-    def _tell_observer(worker: _Worker, outcome: Outcome) -> None:
+    def _tell_observer(worker: _Worker, delivery: Delivery, outcome: Outcome) -> None:
         # In the worker task, where started() was called: a tracing observer
         # ends its span in the context it opened it in.
-        if worker.observed is not None and worker.job is not None:
+        if worker.observed is not None:
             observer, token = worker.observed
             worker.observed = None
-            observer.finished(worker.job[1], outcome, token)
+            observer.finished(delivery, outcome, token)
 
     def _timed_out(self, worker: _Worker) -> None:
         job = worker.job
