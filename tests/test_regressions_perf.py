@@ -8,6 +8,7 @@ Sentinel support of the ``cluster`` merge; each failed on the merged code
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import threading
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
+from anyio.streams.memory import MemoryObjectSendStream
 from pydantic import BaseModel, ConfigDict
 
 from redis_events import (
@@ -636,3 +638,36 @@ class FinishFails(EventObserver):
     def finished(self, delivery: Delivery, outcome: Outcome, token: object) -> None:
         """Raise."""
         raise RuntimeError("finished")
+
+
+CHURN = 400
+
+
+@pytest.mark.redis
+async def test_subscription_churn_does_not_keep_every_forwarder_alive(
+    redis_url: str, uid: str
+) -> None:
+    """Each ``subscription()`` block left its forwarder alive for the run.
+
+    The dispatcher remembered, per handler, whether it is a coroutine
+    function, in a dict that only grew: every block's forwarding closure,
+    and the memory stream it feeds, stayed reachable until the subscriber
+    stopped (2,000 blocks, 2,000 live streams). The cache is now bounded.
+    """
+    topic = f"churn-{uid}"
+    subscriber = EventSubscriber(redis_url)
+    subscriber.on(f"{topic}-kept")(lambda _, event: None)
+    async with EventPublisher(redis_url) as publisher, subscriber:
+        for n in range(CHURN):
+            async with subscriber.subscription(topic) as deliveries:
+                await publisher.publish(topic, {"n": n})
+                with anyio.fail_after(10):
+                    delivery = await deliveries.receive()
+
+            assert isinstance(delivery.event, dict)
+            assert delivery.event["n"] == n
+
+        gc.collect()
+        alive = sum(isinstance(o, MemoryObjectSendStream) for o in gc.get_objects())
+
+    assert alive < CHURN / 2

@@ -42,6 +42,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+# How many handlers the dispatcher remembers to be coroutine functions.
+_CACHED_HANDLERS = 256
+
 Handler: TypeAlias = Callable[[str, Any], Awaitable[object] | object]
 _Job: TypeAlias = tuple[Handler, "Delivery", Hashable | None]
 
@@ -564,6 +567,12 @@ class Dispatcher:
         try:
             is_async = self._async_handlers[handler]
         except KeyError:
+            if len(self._async_handlers) >= _CACHED_HANDLERS:
+                # Handlers come and go (one per subscription() block): a
+                # cache that kept them all would keep each one's closure,
+                # and the stream it feeds, alive for the whole run.
+                self._async_handlers.clear()
+
             is_async = self._async_handlers[handler] = _is_async(handler)
         except TypeError:  # an unhashable callable object
             is_async = _is_async(handler)
