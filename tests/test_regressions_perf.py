@@ -671,3 +671,47 @@ async def test_subscription_churn_does_not_keep_every_forwarder_alive(
         alive = sum(isinstance(o, MemoryObjectSendStream) for o in gc.get_objects())
 
     assert alive < CHURN / 2
+
+
+async def test_a_plain_handler_past_its_timeout_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A plain handler that ran past ``handler_timeout`` left no trace.
+
+    It cannot be cut short (it runs in a thread), so it ends as handled;
+    but nothing said that it overran. It is now logged at WARNING.
+    """
+    stats = Stats()
+    outcomes: list[Outcome] = []
+    release = threading.Event()
+    dispatcher = Dispatcher(
+        max_concurrency=1,
+        handler_timeout=0.05,
+        shutdown_timeout=10,
+        stats=stats,
+        on_outcome=lambda d, o: outcomes.append(o),
+    )
+
+    def slow(_: str, event: object) -> None:
+        release.wait(10)
+
+    with (
+        caplog.at_level(logging.WARNING, logger="redis_events.dispatcher"),
+        anyio.fail_after(20),
+    ):
+        async with dispatcher.running():
+            await dispatcher.submit(slow, Delivery("t", {"event_id": "e1"}))
+            # Let the watch fire (it cancels the worker's call scope) before
+            # the thread is let go: no public state shows it.
+            await wait_until(lambda: _timeout_fired(dispatcher))
+            release.set()
+
+    assert outcomes == [Outcome.HANDLED]
+    assert stats.handler_timeouts == 0
+    [line] = [r.getMessage() for r in caplog.records if "ran past" in r.getMessage()]
+    assert "(event e1)" in line
+
+
+def _timeout_fired(dispatcher: Dispatcher) -> bool:
+    workers = dispatcher._workers
+    return bool(workers) and all(w.call_scope.cancel_called for w in workers)

@@ -175,7 +175,8 @@ class Dispatcher:
         are then dropped unstarted (``Outcome.NOT_STARTED``), logged and
         counted in ``handlers_cancelled`` too. A plain
         (non-async) handler runs in a worker thread and cannot be interrupted
-        by a timeout or a shutdown.
+        by a timeout or a shutdown; one that runs past its timeout is
+        logged, and counted as handled when it returns.
     """
 
     def __init__(
@@ -403,6 +404,7 @@ class Dispatcher:
             if worker.call_scope.cancel_called:
                 # A timeout that came while a plain function ran in its
                 # thread: the call was not cut, but the scope is spent.
+                self._overran(job)
                 return
 
     async def _sleep(self, worker: _Worker) -> None:
@@ -455,6 +457,19 @@ class Dispatcher:
             extra={"topic": delivery.topic, "event_id": delivery.event_id},
         )
         self._finish(worker, Outcome.TIMED_OUT)
+
+    def _overran(self, job: _Job) -> None:
+        handler, delivery, _ = job
+        logger.warning(
+            "Handler %s ran past its %.1f s timeout on topic %s (event %s): it "
+            "could not be cut short (a plain function, or a coroutine that "
+            "caught the cancellation)",
+            _name(handler),
+            self._handler_timeout,
+            delivery.topic,
+            delivery.event_id,
+            extra={"topic": delivery.topic, "event_id": delivery.event_id},
+        )
 
     async def _watch_timeouts(self) -> None:
         """Cancel calls that are past their deadline, until the workers end.
