@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 from redis.asyncio.connection import Connection
 
-from redis_events._packed import pack_publishes
+from redis_events._packed import _WRITE_BYTES, _part_end, pack_publishes
 
 
 def test_packed_publishes_are_the_bytes_redis_py_would_send() -> None:
@@ -18,3 +20,12 @@ def test_packed_publishes_are_the_bytes_redis_py_would_send() -> None:
 
 def test_an_empty_batch_packs_to_nothing() -> None:
     assert pack_publishes("news", []) == b""
+
+
+def test_a_part_of_a_batch_counts_each_commands_channel_too() -> None:
+    # Tiny payloads to a long channel: the part is bounded by what is
+    # written, not by the payloads alone.
+    overhead = 1000
+    end = _part_end([b"x"] * 100_000, 0, overhead)
+    assert end == math.ceil(_WRITE_BYTES / (1 + overhead))
+    assert _part_end([b"x" * (2 * _WRITE_BYTES), b"y"], 0, overhead) == 1

@@ -148,6 +148,10 @@ class ShardedStreamConsumer(StreamConsumer):
         """Hand a finished delivery to the part that read it."""
         self._part_of[delivery.topic].settle(delivery, outcome)
 
+    def reject(self, delivery: Delivery, reason: str) -> None:
+        """Hand a delivery that cannot be handled to the part that read it."""
+        self._part_of[delivery.topic].reject(delivery, reason)
+
 
 class SlotReader:
     """XREADGROUP (and XREAD) sent straight to the master of the streams' slot.

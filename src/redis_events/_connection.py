@@ -50,6 +50,9 @@ RETRYABLE_ERRORS: Final = (
     redis_errors.ClusterError,
     redis_errors.SlotNotCoveredError,
     redis_errors.TryAgainError,
+    # No seed node answered while the client (re)built its slot map: the
+    # cluster's form of a refused connection. It derives from neither
+    # RedisError nor ConnectionError.
     redis_errors.RedisClusterUnreachableError,
 )
 # Everything redis-py raises for a failed command, on a server or a cluster.

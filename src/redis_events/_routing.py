@@ -38,6 +38,7 @@ class _Group:
         "data",
         "decoded",
         "generation",
+        "key",
         "subscriptions",
         "trace",
     )
@@ -52,6 +53,7 @@ class _Group:
         self.called: list[Handler] = []
         self.decoded: DecodedEvent | EventDecodeError | None = None
         self.trace: dict[str, str] | None = None
+        self.key: Hashable | None = None
 
     def takes(self, frame: Frame) -> bool:
         return (
@@ -91,9 +93,26 @@ class Router:
             msg = "an ordering key is a field name or a function of the event"
             raise ConfigurationError(msg)
 
-    def ordering(self, topic: str) -> Callable[[Any], Hashable] | None:
-        """Return the ordering-key function of ``topic``, if it has one."""
-        return self._ordering.get(topic)
+    def key_of(self, topic: str, event: DecodedEvent) -> Hashable | None:
+        """Return the ordering key of ``event``, or None if ``topic`` has none.
+
+        Raises:
+            EventDecodeError: The key function failed on ``event``, or
+                returned something unhashable: the event cannot be ordered.
+        """
+        order = self._ordering.get(topic)
+        if order is None:
+            return None
+
+        try:
+            key = order(event)
+            hash(key)
+        except Exception as exc:
+            # Only the exception's type: its text may quote the event.
+            reason = f"its ordering key cannot be computed ({type(exc).__name__})"
+            raise EventDecodeError(reason, topic=topic) from exc
+
+        return key
 
     @staticmethod
     def add(table: dict[str, list[Handler]], name: str, handler: Handler) -> bool:
@@ -135,7 +154,7 @@ class Router:
             self._stats.events_received += 1
             routed = self._route_direct(frame)
             if routed is not None:
-                await self._submit(routed[0], routed[1], reader, dispatcher)
+                await self._submit(*routed, reader, dispatcher)
 
             return
 
@@ -176,9 +195,11 @@ class Router:
             trace_context=group.trace,
         )
         group.called.extend(todo)
-        await self._submit(todo, delivery, reader, dispatcher)
+        await self._submit(todo, delivery, group.key, reader, dispatcher)
 
-    def _route_direct(self, frame: Frame) -> tuple[list[Handler], Delivery] | None:
+    def _route_direct(
+        self, frame: Frame
+    ) -> tuple[list[Handler], Delivery, Hashable | None] | None:
         topic = frame.channel.decode(errors="replace")
         if self._stats.observer is not None:
             self._stats.observer.received(topic)
@@ -188,29 +209,33 @@ class Router:
             self._stats.unrouted_events += 1
             return None
 
-        # As in _decode: a publisher's trace context is not part of the event.
-        data, trace = split_json(frame.data)
-        try:
-            event = self.registry.decode(topic, data)
-        except EventDecodeError as exc:
-            self._rejected(topic, exc)
+        event, trace, key = self._decode_data(topic, frame.data)
+        if isinstance(event, EventDecodeError):
             return None
 
-        return list(handlers), Delivery(topic, event, trace_context=trace)
+        return list(handlers), Delivery(topic, event, trace_context=trace), key
 
     async def _submit(
         self,
         handlers: list[Handler],
         delivery: Delivery,
+        order_key: Hashable | None,
         reader: PubSubReader,
         dispatcher: Dispatcher,
     ) -> None:
-        order = self._ordering.get(delivery.topic)
-        for handler in handlers:
-            key = (handler, order(delivery.event)) if order is not None else None
+        ordered = delivery.topic in self._ordering
+        for at, handler in enumerate(handlers):
+            key = (handler, order_key) if ordered else None
             reader.stalled = True
             try:
                 await dispatcher.submit(handler, delivery, key=key)
+            except BaseException:
+                # Stopped while waiting for a handler slot: submit() counted
+                # its own call; the calls after it are never made either.
+                for later in handlers[at + 1 :]:
+                    dispatcher.not_started(later, delivery)
+
+                raise
             finally:
                 reader.stalled = False
 
@@ -252,19 +277,31 @@ class Router:
 
     def _decode(self, topic: str, frame: Frame, group: _Group) -> DecodedEvent | None:
         if group.decoded is None:
-            # A trace context appended by a publisher is not part of the
-            # event: it is taken off before the model sees the JSON.
-            data, group.trace = split_json(frame.data)
-            try:
-                group.decoded = self.registry.decode(topic, data)
-            except EventDecodeError as exc:
-                group.decoded = exc
-                self._rejected(topic, exc)
+            group.decoded, group.trace, group.key = self._decode_data(topic, frame.data)
 
         if isinstance(group.decoded, EventDecodeError):
             return None
 
         return group.decoded
+
+    def _decode_data(
+        self, topic: str, data: bytes
+    ) -> tuple[DecodedEvent | EventDecodeError, dict[str, str] | None, Hashable]:
+        """Decode one message and take its ordering key.
+
+        Return the event (or the error, once counted and logged), its trace
+        context and its ordering key. Both routes, with patterns and
+        without, decode here, so that neither can skip a step: a trace
+        context appended by a publisher is not part of the event, and is
+        taken off before the model sees the JSON.
+        """
+        data, trace = split_json(data)
+        try:
+            event = self.registry.decode(topic, data)
+            return event, trace, self.key_of(topic, event)
+        except EventDecodeError as exc:
+            self._rejected(topic, exc)
+            return exc, None, None
 
 
 def _field(event: object, name: str) -> Hashable:

@@ -20,7 +20,7 @@ from redis_events._topology import is_cluster
 from redis_events.exceptions import ConfigurationError, EventDecodeError
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Hashable
+    from collections.abc import Awaitable, Callable
 
     from anyio.abc import TaskStatus
     from redis.asyncio import Redis
@@ -121,7 +121,13 @@ class StreamSession:
 
         async def deliver(delivery: Delivery) -> None:
             handler = self._router.channels[delivery.topic][0]
-            await dispatcher.submit(handler, delivery, key=self._key(delivery))
+            try:
+                key = self._router.key_of(delivery.topic, delivery.event)
+            except EventDecodeError as exc:
+                self.consumer.reject(delivery, exc.reason)
+                return
+
+            await dispatcher.submit(handler, delivery, key=key)
 
         error: Exception | None = None
         async with anyio.create_task_group() as settling:
@@ -169,10 +175,6 @@ class StreamSession:
             # pause lets it finish before an event loop that ends right after
             # the stop; nothing waits for it to have finished.
             await anyio.sleep(_TLS_CLOSE_GRACE)
-
-    def _key(self, delivery: Delivery) -> Hashable | None:
-        order = self._router.ordering(delivery.topic)
-        return order(delivery.event) if order is not None else None
 
     async def _flush(self) -> None:
         try:

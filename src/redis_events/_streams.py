@@ -17,10 +17,14 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio
-from redis import RedisError
 from redis.exceptions import ResponseError
 
-from redis_events._connection import RETRYABLE_ERRORS, Backoff, translate_error
+from redis_events._connection import (
+    REDIS_ERRORS,
+    RETRYABLE_ERRORS,
+    Backoff,
+    translate_error,
+)
 from redis_events._envelope import from_fields
 from redis_events._keys import DATA_FIELD, stream_key
 from redis_events._positions import position_to_id
@@ -130,9 +134,15 @@ class StreamConsumer:
         """
         self._room = room
         history = True
+        regroup = False
         while True:
+            # Every step, the groups' re-creation included, runs under the
+            # same retry: Redis may go away again while it comes back.
             try:
-                if history:
+                if regroup:
+                    await self._recreate_groups()
+                    regroup = False
+                elif history:
                     history = await self._read_history(on_delivery)
                 else:
                     await self._cycle(on_delivery)
@@ -149,7 +159,9 @@ class StreamConsumer:
                         topic=", ".join(self._topics.values()),
                     ) from exc
 
-                await self._recreate_groups()
+                if not regroup:
+                    regroup = True
+                    self._forget_group()
             else:
                 self._recovered()
 
@@ -436,6 +448,16 @@ class StreamConsumer:
             trace_context=from_fields(fields),
         )
 
+    def reject(self, delivery: Delivery, reason: str) -> None:
+        """Count, log and dead-letter a delivery that cannot be handled."""
+        self._reject(
+            self._keys[delivery.topic],
+            delivery.topic,
+            delivery.delivery_id or "",
+            reason,
+            delivery.delivery_count,
+        )
+
     def _reject(
         self, key: str, topic: str, entry_id: str, reason: str, count: int
     ) -> None:
@@ -474,16 +496,8 @@ class StreamConsumer:
 
     async def _create_group(self, key: str, start: str) -> None:
         try:
-            await self._client.xgroup_create(key, self.group, id=start, mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise translate_error(
-                    exc,
-                    operation="XGROUP CREATE",
-                    settings=self._settings,
-                    topic=self._topics[key],
-                ) from exc
-        except (RedisError, OSError) as exc:
+            await self._create_group_raw(key, start)
+        except REDIS_ERRORS as exc:
             raise translate_error(
                 exc,
                 operation="XGROUP CREATE",
@@ -491,7 +505,15 @@ class StreamConsumer:
                 topic=self._topics[key],
             ) from exc
 
-    async def _recreate_groups(self) -> None:
+    async def _create_group_raw(self, key: str, start: str) -> None:
+        """Create the group of ``key`` unless it exists; redis-py errors pass."""
+        try:
+            await self._client.xgroup_create(key, self.group, id=start, mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def _forget_group(self) -> None:
         logger.warning(
             "Consumer group %r is gone (Redis restarted empty?); creating it again",
             self.group,
@@ -503,10 +525,11 @@ class StreamConsumer:
         for ids in self._in_flight.values():
             ids.clear()
 
+    async def _recreate_groups(self) -> None:
         # From the last entry read: a stream that came back empty only holds
         # newer ids, and one that survived is not read again from its start.
         for key in self._topics:
-            await self._create_group(key, self._last_read.get(key, "0"))
+            await self._create_group_raw(key, self._last_read.get(key, "0"))
 
         await anyio.sleep(self._backoff.next_delay())
 

@@ -2,7 +2,8 @@
 
 - ``redis://`` ``rediss://`` ``unix://`` ``memory://``: one server.
 - ``redis+cluster://[user:password@]host:port[,host:port...]``: a Redis
-  Cluster; every address is a seed node (``rediss+cluster://`` for TLS).
+  Cluster; every address is a seed node (``rediss+cluster://`` for TLS). An
+  IPv6 address goes in brackets; a missing port is 6379.
 - ``redis+sentinel://[user:password@]host:port[,host:port...]/service[/db]``:
   the master of ``service`` as the sentinels at those addresses report it
   (``rediss+sentinel://`` for TLS to the data nodes).
@@ -35,6 +36,8 @@ CLUSTER_SCHEMES = frozenset({"redis+cluster", "rediss+cluster"})
 SENTINEL_SCHEMES = frozenset({"redis+sentinel", "rediss+sentinel"})
 
 Kind = Literal["standalone", "cluster", "sentinel"]
+
+DEFAULT_PORT = 6379
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +88,15 @@ def parse_topology(
         msg = f"the URL names a {kind} but topology is {topology!r}"
         raise ValueError(msg)
 
+    if parts.query or parts.fragment:
+        # Nothing reads them for a cluster or Sentinel: a ?password= would
+        # be dropped without a word, and Redis would refuse the connection.
+        msg = (
+            f"a {kind} URL takes no ?query or #fragment: give the password "
+            "before the '@' or as the password option"
+        )
+        raise ValueError(msg)
+
     userinfo, at, hosts = parts.netloc.rpartition("@")
     username, password = _credentials(userinfo) if at else (None, None)
     addresses = tuple(_address(item) for item in hosts.split(","))
@@ -125,24 +137,43 @@ def _service_and_db(
     if not segments:
         return service, 0
 
-    if kind == "cluster" or len(segments) > 1 or not segments[0].isdigit():
+    db = segments[0]
+    if kind == "cluster" or len(segments) > 1 or not (db.isascii() and db.isdigit()):
         msg = "a cluster URL has no path; a Sentinel URL's path is /service[/db]"
         raise ValueError(msg)
 
-    return service, int(segments[0])
+    return service, int(db)
 
 
 def _address(item: str) -> tuple[str, int]:
-    host, colon, port = item.strip().rpartition(":")
-    if not colon:
-        host, port = port, "6379"
+    """Return the host and port of ``host[:port]`` or ``[ipv6][:port]``."""
+    item = item.strip()
+    if item.startswith("["):
+        # A bracketed IPv6 address holds colons of its own: the port is
+        # only what follows the closing bracket.
+        host, bracket, rest = item[1:].partition("]")
+        port = rest.removeprefix(":") if rest else str(DEFAULT_PORT)
+        valid = bool(bracket) and (not rest or rest.startswith(":"))
+    else:
+        host, colon, port = item.rpartition(":")
+        if not colon:
+            host, port = port, str(DEFAULT_PORT)
 
-    host = host.strip("[]")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        msg = "each address of a cluster or Sentinel URL must be host:port"
+        # An IPv6 address without brackets cannot be told from its port.
+        valid = ":" not in host
+
+    # Digits as a URL has them: str.isdigit() takes other scripts' too.
+    number = int(port) if port.isascii() and port.isdigit() else 0
+    if not valid or not host or not 0 < number < 65536:
+        msg = (
+            "each address of a cluster or Sentinel URL must be host:port, "
+            "with an IPv6 address in brackets"
+        )
         raise ValueError(msg)
 
-    return host, int(port)
+    # A percent-encoded IPv6 zone (fe80::1%25eth0) as the socket layer
+    # wants it.
+    return unquote(host), number
 
 
 def cluster_client(topology: Topology, options: dict[str, Any]) -> Redis:

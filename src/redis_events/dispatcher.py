@@ -42,6 +42,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+# How many handlers the dispatcher remembers to be coroutine functions.
+_CACHED_HANDLERS = 256
+
 Handler: TypeAlias = Callable[[str, Any], Awaitable[object] | object]
 _Job: TypeAlias = tuple[Handler, "Delivery", Hashable | None]
 
@@ -190,9 +193,11 @@ class Dispatcher:
         cancelled, calls in flight are not cancelled at once: each gets up to
         ``shutdown_timeout`` seconds to finish, then is cancelled and counted
         in ``handlers_cancelled``. Jobs waiting behind a busy ordering key
-        are then dropped unstarted (``Outcome.NOT_STARTED``). A plain
+        are then dropped unstarted (``Outcome.NOT_STARTED``), logged and
+        counted in ``handlers_cancelled`` too. A plain
         (non-async) handler runs in a worker thread and cannot be interrupted
-        by a timeout or a shutdown.
+        by a timeout or a shutdown; one that runs past its timeout is
+        logged, and counted as handled when it returns.
     """
 
     def __init__(
@@ -229,43 +234,54 @@ class Dispatcher:
         self._drain_deadline = math.inf
         self._running = True
         error: Exception | None = None
-        async with anyio.create_task_group() as task_group:
-            self._watch_scope = anyio.CancelScope(shield=True)
-            self._live_workers = self._limit
-            if self._handler_timeout != math.inf:
-                task_group.start_soon(self._watch_timeouts)
+        try:
+            async with anyio.create_task_group() as task_group:
+                self._watch_scope = anyio.CancelScope(shield=True)
+                self._live_workers = self._limit
+                if self._handler_timeout != math.inf:
+                    task_group.start_soon(self._watch_timeouts)
 
-            for _ in range(self._limit):
-                task_group.start_soon(self._work)
+                for _ in range(self._limit):
+                    task_group.start_soon(self._work)
 
-            try:
-                yield
-            except Exception as exc:
-                # Raised after the task group, so that it is not wrapped in
-                # an exception group.
-                error = exc
-            finally:
-                self._running = False
-                self._freed.set()
-                while self._idle:
-                    self._wake_one()
+                try:
+                    yield
+                except Exception as exc:
+                    # Raised after the task group, so that it is not wrapped
+                    # in an exception group.
+                    error = exc
+                finally:
+                    self._running = False
+                    self._freed.set()
+                    while self._idle:
+                        self._wake_one()
 
-                self.drain(self._shutdown_timeout)
+                    self.drain(self._shutdown_timeout)
+        except BaseExceptionGroup as group:
+            # A worker ended by what its handler raised and no handler may
+            # swallow (SystemExit, KeyboardInterrupt): raised as itself.
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
 
+            raise
+        finally:
+            self._drop_left()
+
+        if error is not None:
+            raise error
+
+    def _drop_left(self) -> None:
         # Left over when workers were cancelled while idle (a drain deadline
-        # that passed): never started.
+        # that passed), or ended by an exception: never started.
         left = list(self._ready)
         self._ready.clear()
         for jobs in self._waiting_by_key.values():
             left.extend(jobs)
 
         self._waiting_by_key.clear()
-        for job in left:
+        for handler, delivery, _ in left:
             self._accepted -= 1
-            self._report(job[1], Outcome.NOT_STARTED)
-
-        if error is not None:
-            raise error
+            self.not_started(handler, delivery)
 
     def drain(self, timeout: float) -> None:
         """Give every call in flight at most ``timeout`` more seconds."""
@@ -292,13 +308,22 @@ class Dispatcher:
         With a ``key``, the job runs after every earlier job with the same
         key has finished. Jobs start in the order they were accepted.
 
+        Note:
+            A job refused here (the dispatcher stopped, or the caller was
+            cancelled while it waited) counts as ``not_started()``.
+
         Raises:
             RuntimeError: Called outside ``running()``.
         """
-        while self._accepted >= self._limit:
-            await self._wait_freed()
+        try:
+            while self._accepted >= self._limit:
+                await self._wait_freed()
 
-        self._check_running()
+            self._check_running()
+        except BaseException:
+            self.not_started(handler, delivery)
+            raise
+
         self._accepted += 1
         job = (handler, delivery, key)
         if key is not None:
@@ -340,18 +365,26 @@ class Dispatcher:
         _current_dispatcher.set(self)
         worker = _Worker()
         self._workers.add(worker)
-        with anyio.CancelScope(shield=True) as scope:
-            scope.deadline = self._drain_deadline
-            self._scopes.add(scope)
-            while worker.job is not None or self._running or self._ready:
-                with worker.call_scope:
-                    await self._serve(worker, scope)
+        scope = anyio.CancelScope(shield=True)
+        scope.deadline = self._drain_deadline
+        self._scopes.add(scope)
+        try:
+            with scope:
+                while worker.job is not None or self._running or self._ready:
+                    with worker.call_scope:
+                        await self._serve(worker, scope)
 
-                if worker.call_scope.cancelled_caught:
-                    self._timed_out(worker)
+                    if worker.call_scope.cancelled_caught:
+                        self._timed_out(worker)
 
-                worker.call_scope = anyio.CancelScope()
+                    worker.call_scope = anyio.CancelScope()
+        finally:
+            # Also when an exception ends the worker (a handler's SystemExit):
+            # the watch task must not outlive the last worker, or the task
+            # group, shielded, waits for it forever.
+            self._left(worker, scope)
 
+    def _left(self, worker: _Worker, scope: anyio.CancelScope) -> None:
         self._scopes.discard(scope)
         self._workers.discard(worker)
         self._live_workers -= 1
@@ -363,7 +396,7 @@ class Dispatcher:
             self._idle.remove(worker)
 
         if worker.job is not None:
-            self._tell_observer(worker, Outcome.CANCELLED)
+            self._tell_observer(worker, worker.job[1], Outcome.CANCELLED)
             self._cancelled(worker.job)
 
     async def _serve(self, worker: _Worker, worker_scope: anyio.CancelScope) -> None:
@@ -392,6 +425,7 @@ class Dispatcher:
             if worker.call_scope.cancel_called:
                 # A timeout that came while a plain function ran in its
                 # thread: the call was not cut, but the scope is spent.
+                self._overran(job)
                 return
 
     async def _sleep(self, worker: _Worker) -> None:
@@ -412,18 +446,23 @@ class Dispatcher:
             # Only a full dispatcher has waiters: wake them at the first slot.
             self._freed.set()
 
-        self._tell_observer(worker, outcome)
-        self._report(job[1], outcome)
+        # The job is done with before anyone is told: should a callback
+        # raise, the worker's exit must not count it a second time, and the
+        # transport (which acknowledges) hears of it whatever an observer does.
         worker.job = self._next_for_key(job[2])
+        try:
+            self._report(job[1], outcome)
+        finally:
+            self._tell_observer(worker, job[1], outcome)
 
     @staticmethod
-    def _tell_observer(worker: _Worker, outcome: Outcome) -> None:
+    def _tell_observer(worker: _Worker, delivery: Delivery, outcome: Outcome) -> None:
         # In the worker task, where started() was called: a tracing observer
         # ends its span in the context it opened it in.
-        if worker.observed is not None and worker.job is not None:
+        if worker.observed is not None:
             observer, token = worker.observed
             worker.observed = None
-            observer.finished(worker.job[1], outcome, token)
+            observer.finished(delivery, outcome, token)
 
     def _timed_out(self, worker: _Worker) -> None:
         job = worker.job
@@ -439,6 +478,19 @@ class Dispatcher:
             extra=delivery.log_fields(),
         )
         self._finish(worker, Outcome.TIMED_OUT)
+
+    def _overran(self, job: _Job) -> None:
+        handler, delivery, _ = job
+        logger.warning(
+            "Handler %s ran past its %.1f s timeout on topic %s (event %s): it "
+            "could not be cut short (a plain function, or a coroutine that "
+            "caught the cancellation)",
+            _name(handler),
+            self._handler_timeout,
+            delivery.topic,
+            delivery.event_id,
+            extra={"topic": delivery.topic, "event_id": delivery.event_id},
+        )
 
     async def _watch_timeouts(self) -> None:
         """Cancel calls that are past their deadline, until the workers end.
@@ -485,6 +537,23 @@ class Dispatcher:
         )
         self._report(delivery, Outcome.CANCELLED)
 
+    def not_started(self, handler: Handler, delivery: Delivery) -> None:
+        """Count, log and report a call dropped at shutdown before it started.
+
+        It is counted in ``handlers_cancelled``, with the calls cut short: on
+        pub/sub the event is lost, and every event received must show up in
+        some counter.
+        """
+        self._stats.handlers_cancelled += 1
+        logger.warning(
+            "Handler %s was not started before shutdown on topic %s (event %s)",
+            _name(handler),
+            delivery.topic,
+            delivery.event_id,
+            extra={"topic": delivery.topic, "event_id": delivery.event_id},
+        )
+        self._report(delivery, Outcome.NOT_STARTED)
+
     def _report(self, delivery: Delivery, outcome: Outcome) -> None:
         if self._on_outcome is not None:
             self._on_outcome(delivery, outcome)
@@ -518,6 +587,12 @@ class Dispatcher:
             return self._failed(handler, delivery, exc)
         except Exception as exc:
             return self._failed(handler, delivery, exc)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:
+            # Any other BaseException (a library's own control flow, say,
+            # or GeneratorExit) is that handler's failure too.
+            return self._failed(handler, delivery, exc)
         finally:
             worker.deadline = math.inf
 
@@ -528,6 +603,12 @@ class Dispatcher:
         try:
             is_async = self._async_handlers[handler]
         except KeyError:
+            if len(self._async_handlers) >= _CACHED_HANDLERS:
+                # Handlers come and go (one per subscription() block): a
+                # cache that kept them all would keep each one's closure,
+                # and the stream it feeds, alive for the whole run.
+                self._async_handlers.clear()
+
             is_async = self._async_handlers[handler] = _is_async(handler)
         except TypeError:  # an unhashable callable object
             is_async = _is_async(handler)

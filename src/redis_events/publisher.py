@@ -271,8 +271,9 @@ class EventPublisher(Endpoint):
         async def send(client: Redis) -> list[Any]:
             cluster = is_cluster(client)
             if not self._stream and not cluster:
-                with anyio.fail_after(self.settings.socket_timeout):
-                    return await publish_packed(client, topic, payloads)
+                return await publish_packed(
+                    client, topic, payloads, stall_timeout=self.settings.socket_timeout
+                )
 
             async with client.pipeline(transaction=False) as pipe:
                 for data in payloads:

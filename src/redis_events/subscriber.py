@@ -194,7 +194,10 @@ class EventSubscriber(Endpoint):
         """Handle events of ``topic`` with equal ``key`` one at a time, in order.
 
         ``key`` is a field name of the event (``"profile_id"``) or a function
-        of the event. Events with different keys still run concurrently.
+        of the event. Events with different keys still run concurrently. An
+        event on which the function raises, or returns something unhashable,
+        is rejected like an undecodable one (``invalid_events``; the dead
+        letters on streams).
 
         Raises:
             ConfigurationError: The topic or the key is not usable.
