@@ -94,17 +94,27 @@ def test_registry_settings_and_delivery_are_exported() -> None:
     assert redis_events.current_delivery is dispatcher.current_delivery
 
 
+def test_event_admin_is_exported() -> None:
+    from redis_events import admin
+
+    assert redis_events.EventAdmin is admin.EventAdmin
+
+
 @pytest.mark.parametrize(
     "module_name",
     [
+        "redis_events.admin",
         "redis_events.codec",
         "redis_events.config",
         "redis_events.dispatcher",
         "redis_events.events",
         "redis_events.exceptions",
+        "redis_events.metrics",
+        "redis_events.observers",
         "redis_events.publisher",
         "redis_events.subscriber",
         "redis_events.processor",
+        "redis_events.tracing",
     ],
 )
 def test_every_public_module_all_names_exist(module_name: str) -> None:

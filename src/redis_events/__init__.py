@@ -11,6 +11,7 @@ from redis_events._constants import (
     PROCESSING_RESULTS_TOPIC,
     PROFILE_EVENTS_TOPIC,
 )
+from redis_events.admin import EventAdmin
 from redis_events.codec import EventRegistry
 from redis_events.config import Settings
 from redis_events.dispatcher import Delivery, current_delivery
@@ -52,6 +53,7 @@ __all__ = [
     "ConfigurationError",
     "Delivery",
     "Event",
+    "EventAdmin",
     "EventDecodeError",
     "EventEncodeError",
     "EventError",
