@@ -20,8 +20,6 @@ from redis_events._topology import is_cluster
 from redis_events.exceptions import ConfigurationError, EventDecodeError
 
 if TYPE_CHECKING:
-    from collections.abc import Hashable
-
     from anyio.abc import TaskStatus
     from redis.asyncio import Redis
 
@@ -111,9 +109,15 @@ class StreamSession:
     ) -> None:
         """Read and dispatch until ``read_scope`` is cancelled, then settle."""
 
+        # Looked up per entry: order_by() may change a topic's key at any time.
+        channels, ordering = self._router.channels, self._router.ordering
+        submit = dispatcher.submit
+
         async def deliver(delivery: Delivery) -> None:
-            handler = self._router.channels[delivery.topic][0]
-            await dispatcher.submit(handler, delivery, key=self._key(delivery))
+            topic = delivery.topic
+            order = ordering(topic)
+            key = order(delivery.event) if order is not None else None
+            await submit(channels[topic][0], delivery, key=key)
 
         error: Exception | None = None
         async with anyio.create_task_group() as settling:
@@ -161,10 +165,6 @@ class StreamSession:
             # pause lets it finish before an event loop that ends right after
             # the stop; nothing waits for it to have finished.
             await anyio.sleep(_TLS_CLOSE_GRACE)
-
-    def _key(self, delivery: Delivery) -> Hashable | None:
-        order = self._router.ordering(delivery.topic)
-        return order(delivery.event) if order is not None else None
 
     async def _flush(self) -> None:
         try:

@@ -54,7 +54,9 @@ STREAM_COUNTERS = (
     "missing_entries",
     "groups_recreated",
 )
-Entry = tuple[bytes, dict[bytes, bytes] | None]
+Fields = dict[bytes, bytes]
+# An entry as redis-py returns it: its id, and its fields ({} once deleted).
+Entry = tuple[bytes | str, Fields | None]
 
 
 class StreamConsumer:
@@ -93,6 +95,7 @@ class StreamConsumer:
             base=settings.reconnect_backoff_base, cap=settings.reconnect_backoff_cap
         )
         self._failing = False
+        self._max_deliveries = settings.max_deliveries
         for name in STREAM_COUNTERS:
             stats.extra.setdefault(name, 0)
 
@@ -208,7 +211,7 @@ class StreamConsumer:
             if entries:
                 self._last_read[key] = _text(entries[-1][0])
 
-            await self._deliver_held(key, entries, {}, on_delivery)
+            await self._deliver_held(key, entries, None, on_delivery)
 
     async def keep_alive(self) -> None:
         """Keep this consumer's entries in flight from being claimed, forever.
@@ -270,8 +273,10 @@ class StreamConsumer:
                 logger.debug("Retry of %s on %s found nothing to claim", entry_id, key)
                 continue
 
-            entry = _entry(claimed[0])
-            await self._deliver_held(key, [entry], {entry[0]: count}, on_delivery)
+            entry: Entry = claimed[0]  # type: ignore[assignment]  # redis-py types the reply loosely
+            await self._deliver_held(
+                key, [entry], {_bytes(entry[0]): count}, on_delivery
+            )
 
     async def _claim_idle(self, on_delivery: OnDelivery) -> None:
         min_idle = int(self._settings.claim_min_idle * 1000)
@@ -288,11 +293,7 @@ class StreamConsumer:
                 )
                 cursor = _text(reply[0])
                 mine = self._in_flight[key]
-                entries = [
-                    entry
-                    for entry in map(_entry, reply[1])
-                    if _text(entry[0]) not in mine
-                ]
+                entries = [entry for entry in reply[1] if _text(entry[0]) not in mine]
                 # Redis 7 also lists ids whose entry was deleted; 6.2 does not.
                 for deleted in reply[2] if len(reply) > 2 else ():
                     self._missing(key, _text(deleted))
@@ -323,37 +324,43 @@ class StreamConsumer:
     async def _deliver_counted(
         self, key: str, entries: list[Entry], on_delivery: OnDelivery
     ) -> None:
-        counts = await self._delivery_counts(key, [e[0] for e in entries])
+        counts = await self._delivery_counts(key, [_bytes(e[0]) for e in entries])
         await self._deliver_held(key, entries, counts, on_delivery)
 
     async def _deliver_held(
         self,
         key: str,
         entries: list[Entry],
-        counts: dict[bytes, int],
+        counts: dict[bytes, int] | None,
         on_delivery: OnDelivery,
     ) -> None:
         """Deliver a batch that counts as in flight until each is handed over.
 
+        ``entries`` are as redis-py returns them. ``counts`` holds delivery
+        counts by entry id; without it every entry is on its first delivery.
         If delivering stops half way (a lost connection, a stop), the entries
         not handed over are released, so that they can be claimed again
         instead of being kept fresh forever by the keep-alive.
         """
-        ids = [_text(raw_id) for raw_id, _ in entries]
+        ids = [_text(entry[0]) for entry in entries]
         # The whole batch counts as in flight from now on, so that entries
         # waiting for a slot are kept fresh too and never claimed away.
-        self._in_flight[key].update(ids)
+        in_flight = self._in_flight[key]
+        in_flight.update(ids)
+        topic = self._topics[key]
+        prepare = self._prepare
         delivered = 0
         try:
             for entry_id, (raw_id, fields) in zip(ids, entries, strict=True):
-                count = counts.get(raw_id, 1) if counts else 1
-                delivery = self._prepare(key, entry_id, fields, count)
+                count = counts.get(_bytes(raw_id), 1) if counts else 1
+                delivery = prepare(key, topic, entry_id, fields, count)
                 if delivery is not None:
                     await on_delivery(delivery)
 
                 delivered += 1
         finally:
-            self._in_flight[key].difference_update(ids[delivered:])
+            if delivered < len(ids):
+                in_flight.difference_update(ids[delivered:])
 
     async def _delivery_counts(self, key: str, ids: list[bytes]) -> dict[bytes, int]:
         async with self._client.pipeline(transaction=False) as pipe:
@@ -370,28 +377,33 @@ class StreamConsumer:
         return counts
 
     def _prepare(
-        self, key: str, entry_id: str, fields: dict[bytes, bytes] | None, count: int
+        self, key: str, topic: str, entry_id: str, fields: Fields | None, count: int
     ) -> Delivery | None:
         """Return the delivery of an entry, or settle what cannot be delivered."""
-        topic = self._topics[key]
-        if fields is None:
+        # redis-py turns the nil body of a deleted entry into {} (an XADD
+        # always has at least one field), so an empty body means "gone".
+        if not fields:
             self._in_flight[key].discard(entry_id)
             self._missing(key, entry_id)
             return None
 
-        data = fields.get(DATA_FIELD)
+        if not isinstance(fields, dict):
+            fields = dict(fields)
+
         self.settler.remember(key, entry_id, fields)
         # TODO(stream-stats): this counts deliveries, so a retried entry is
         # received twice; a per-event count needs the delivery counter.
-        self._stats.events_received += 1
-        if self._stats.observer is not None:
-            self._stats.observer.received(topic)
+        stats = self._stats
+        stats.events_received += 1
+        if stats.observer is not None:
+            stats.observer.received(topic)
 
+        data = fields.get(DATA_FIELD)
         if data is None:
             self._reject(key, topic, entry_id, "no 'data' field", count)
             return None
 
-        if count > self._settings.max_deliveries:
+        if count > self._max_deliveries:
             reason = f"delivered {count} times, more than max_deliveries"
             self._in_flight[key].discard(entry_id)
             self.settler.dead_letter(key, topic, entry_id, reason, count)
@@ -403,13 +415,7 @@ class StreamConsumer:
             self._reject(key, topic, entry_id, exc.reason, count)
             return None
 
-        return Delivery(
-            topic=topic,
-            event=event,
-            delivery_id=entry_id,
-            delivery_count=count,
-            trace_context=from_fields(fields),
-        )
+        return Delivery(topic, event, None, entry_id, count, from_fields(fields))
 
     def _reject(
         self, key: str, topic: str, entry_id: str, reason: str, count: int
@@ -507,19 +513,9 @@ def _streams(reply: Any) -> list[tuple[str, list[Entry]]]:
         return []
 
     if isinstance(reply, dict):  # RESP3
-        return [(_text(k), [_entry(e) for e in v[0]]) for k, v in reply.items()]
+        return [(_text(key), value[0]) for key, value in reply.items()]
 
-    return [(_text(key), [_entry(e) for e in entries]) for key, entries in reply]
-
-
-def _entry(raw: Any) -> Entry:
-    entry_id, fields = raw
-    # redis-py turns the nil body of a deleted entry into {} (an XADD always
-    # has at least one field), so an empty body means "gone".
-    if not fields:
-        return _bytes(entry_id), None
-
-    return _bytes(entry_id), (fields if isinstance(fields, dict) else dict(fields))
+    return [(_text(key), entries) for key, entries in reply]
 
 
 async def _one_slot() -> int:
