@@ -51,9 +51,14 @@ class Settler:
         self._stats = stats
         self._consumer = consumer
         self._fields: dict[tuple[str, str], dict[bytes, bytes]] = {}
-        self._acks: dict[str, list[str]] = {}
+        # Ids as bytes: redis-py sends bytes as they are, a str it checks
+        # and encodes argument by argument.
+        self._acks: dict[str, list[bytes]] = {}
         self._dead: list[_DeadLetter] = []
         self._wake = anyio.Event()
+        # Whether _wake was set since run() last renewed it: set() once per
+        # batch, not once per entry.
+        self._woken = False
         self._move = client.register_script(_MOVE_TO_DEAD_LETTERS)
         self._stopping = False
         self._stopped = anyio.Event()
@@ -71,8 +76,12 @@ class Settler:
     def ack(self, key: str, entry_id: str) -> None:
         """Queue an acknowledgement."""
         self._fields.pop((key, entry_id), None)
-        self._acks.setdefault(key, []).append(entry_id)
-        self._wake.set()
+        ids = self._acks.get(key)
+        if ids is None:
+            ids = self._acks[key] = []
+
+        ids.append(entry_id.encode())
+        self._nudge()
 
     def dead_letter(
         self, key: str, topic: str, entry_id: str, reason: str, count: int
@@ -80,7 +89,7 @@ class Settler:
         """Queue a move to the dead-letter stream (with its acknowledgement)."""
         fields = self._fields.pop((key, entry_id), {})
         self._dead.append((key, topic, entry_id, reason, count, fields))
-        self._wake.set()
+        self._nudge()
 
     @property
     def pending(self) -> int:
@@ -94,6 +103,7 @@ class Settler:
             while not self._stopping:
                 await self._wake.wait()
                 self._wake = anyio.Event()
+                self._woken = False
                 try:
                     # A write is never cut in half by a stop: shielded.
                     with anyio.CancelScope(shield=True):
@@ -119,7 +129,7 @@ class Settler:
                         type(exc).__name__,
                         exc,
                     )
-                    self._wake.set()
+                    self._nudge()
                     await anyio.sleep(backoff.next_delay())
                 else:
                     backoff.reset()
@@ -129,7 +139,7 @@ class Settler:
     async def stop(self) -> None:
         """Ask ``run()`` to finish its current write and return; wait for it."""
         self._stopping = True
-        self._wake.set()
+        self._nudge()
         await self._stopped.wait()
 
     async def flush(self) -> None:
@@ -153,7 +163,12 @@ class Settler:
 
             self._dead[:0] = dead
 
-    async def _write_acks(self, acks: dict[str, list[str]]) -> None:
+    def _nudge(self) -> None:
+        if not self._woken:
+            self._woken = True
+            self._wake.set()
+
+    async def _write_acks(self, acks: dict[str, list[bytes]]) -> None:
         group = self._settings.group
         if len(acks) == 1:
             # One stream (the usual case): one XACK, without a pipeline's
