@@ -277,7 +277,9 @@ class Dispatcher:
         while self._accepted >= self._limit:
             await self._wait_freed()
 
-        self._check_running()
+        if not self._running:
+            self._check_running()
+
         self._accepted += 1
         job = (handler, delivery, key)
         if key is not None:
@@ -391,9 +393,14 @@ class Dispatcher:
             # Only a full dispatcher has waiters: wake them at the first slot.
             self._freed.set()
 
-        self._tell_observer(worker, outcome)
-        self._report(job[1], outcome)
-        worker.job = self._next_for_key(job[2])
+        if worker.observed is not None:
+            self._tell_observer(worker, outcome)
+
+        if self._on_outcome is not None:
+            self._on_outcome(job[1], outcome)
+
+        key = job[2]
+        worker.job = None if key is None else self._next_for_key(key)
 
     @staticmethod
     def _tell_observer(worker: _Worker, outcome: Outcome) -> None:
@@ -484,7 +491,12 @@ class Dispatcher:
         try:
             # The coroutine handler is awaited here, not in a helper: one
             # coroutine less per event.
-            if self._runs_async(handler):
+            try:
+                is_async = self._async_handlers[handler]
+            except (KeyError, TypeError):
+                is_async = self._runs_async(handler)
+
+            if is_async:
                 await handler(delivery.topic, delivery.event)  # type: ignore[misc]
             else:
                 await self._invoke_plain(handler, delivery)
