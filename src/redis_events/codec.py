@@ -41,6 +41,9 @@ DecodedEvent: TypeAlias = BaseModel | dict[str, Any]
 _PLAIN_OBJECT: TypeAdapter[dict[str, Any]] = TypeAdapter(dict[str, Any])
 # What a decoded event may be: a tuple checks faster than a union type.
 _OBJECT_TYPES = (BaseModel, dict)
+# Topic names validate_topic() accepted, up to this many (then it starts over).
+_GOOD_TOPICS: set[str] = set()
+_GOOD_TOPICS_KEPT = 4096
 _MAX_REASONS = 3
 _NOT_FINITE = "numbers must be finite (no NaN, Infinity or out-of-range values)"
 # A float overflows only past 1.8e308: that takes a literal NaN or Infinity,
@@ -56,6 +59,11 @@ def validate_topic(topic: str) -> str:
         ConfigurationError: The name is empty, too long, or contains
             whitespace or control characters.
     """
+    # Every publish checks its topic: names already found good are
+    # remembered, since checking one character by character costs more.
+    if type(topic) is str and topic in _GOOD_TOPICS:
+        return topic
+
     if not isinstance(topic, str) or not topic:
         msg = "a topic name must be a non-empty string"
         raise ConfigurationError(msg)
@@ -67,6 +75,12 @@ def validate_topic(topic: str) -> str:
     if not topic.isprintable() or any(ch.isspace() for ch in topic):
         msg = f"topic name {topic!r} contains whitespace or control characters"
         raise ConfigurationError(msg)
+
+    if type(topic) is str:
+        if len(_GOOD_TOPICS) >= _GOOD_TOPICS_KEPT:
+            _GOOD_TOPICS.clear()
+
+        _GOOD_TOPICS.add(topic)
 
     return topic
 
