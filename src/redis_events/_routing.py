@@ -208,6 +208,9 @@ class Router:
         order = self._ordering.get(delivery.topic)
         for handler in handlers:
             key = (handler, order(delivery.event)) if order is not None else None
+            if dispatcher.submit_nowait(handler, delivery, key=key):
+                continue
+
             reader.stalled = True
             try:
                 await dispatcher.submit(handler, delivery, key=key)

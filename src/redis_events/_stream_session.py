@@ -20,6 +20,8 @@ from redis_events._topology import is_cluster
 from redis_events.exceptions import ConfigurationError, EventDecodeError
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable
+
     from anyio.abc import TaskStatus
     from redis.asyncio import Redis
 
@@ -111,13 +113,17 @@ class StreamSession:
 
         # Looked up per entry: order_by() may change a topic's key at any time.
         channels, ordering = self._router.channels, self._router.ordering
-        submit = dispatcher.submit
+        submit, submit_nowait = dispatcher.submit, dispatcher.submit_nowait
 
-        async def deliver(delivery: Delivery) -> None:
+        def deliver(delivery: Delivery) -> Awaitable[None] | None:
             topic = delivery.topic
             order = ordering(topic)
             key = order(delivery.event) if order is not None else None
-            await submit(channels[topic][0], delivery, key=key)
+            handler = channels[topic][0]
+            if submit_nowait(handler, delivery, key=key):
+                return None
+
+            return submit(handler, delivery, key=key)
 
         error: Exception | None = None
         async with anyio.create_task_group() as settling:

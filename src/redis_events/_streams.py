@@ -40,7 +40,8 @@ __all__ = ["StreamConsumer"]
 
 logger = logging.getLogger(__name__)
 
-OnDelivery = Callable[[Delivery], Awaitable[None]]
+# Hands a delivery over; returns what to await when it must wait for room.
+OnDelivery = Callable[[Delivery], Awaitable[None] | None]
 Room = Callable[[], Awaitable[int]]
 
 _MISSING_MEMORY = 10_000
@@ -355,7 +356,9 @@ class StreamConsumer:
                 count = counts.get(_bytes(raw_id), 1) if counts else 1
                 delivery = prepare(key, topic, entry_id, fields, count)
                 if delivery is not None:
-                    await on_delivery(delivery)
+                    waiting = on_delivery(delivery)
+                    if waiting is not None:
+                        await waiting
 
                 delivered += 1
         finally:

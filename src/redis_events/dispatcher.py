@@ -277,6 +277,28 @@ class Dispatcher:
         while self._accepted >= self._limit:
             await self._wait_freed()
 
+        self._accept(handler, delivery, key)
+
+    def submit_nowait(
+        self, handler: Handler, delivery: Delivery, *, key: Hashable | None = None
+    ) -> bool:
+        """Accept a job like ``submit`` if that needs no wait; tell whether it did.
+
+        A reader tries this first and awaits ``submit`` only when it returns
+        False, which spares it a coroutine per job while there is room.
+
+        Raises:
+            RuntimeError: Called outside ``running()``.
+        """
+        if self._accepted >= self._limit:
+            return False
+
+        self._accept(handler, delivery, key)
+        return True
+
+    def _accept(
+        self, handler: Handler, delivery: Delivery, key: Hashable | None
+    ) -> None:
         if not self._running:
             self._check_running()
 
