@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from redis.exceptions import NoPermissionError, ResponseError
@@ -13,7 +13,10 @@ from redis_events._connection import RETRYABLE_ERRORS, Backoff, translate_error
 from redis_events._keys import dead_letter_key
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from redis.asyncio import Redis
+    from redis.asyncio.client import Pipeline
 
     from redis_events.config import Settings
     from redis_events.dispatcher import Stats
@@ -90,6 +93,63 @@ class Settler:
         fields = self._fields.pop((key, entry_id), {})
         self._dead.append((key, topic, entry_id, reason, count, fields))
         self._nudge()
+
+    @property
+    def has_acks(self) -> bool:
+        """Tell whether acknowledgements are queued."""
+        return bool(self._acks)
+
+    async def ack_with_read(
+        self, client: Redis, add_read: Callable[[Pipeline], object]
+    ) -> Any:
+        """Write the queued acknowledgements and one read in one round trip.
+
+        ``add_read`` adds the read (one command that must not block) to the
+        pipeline after the XACKs; its reply is returned. This spares a
+        reader that is about to read anyway a separate XACK round trip.
+
+        Raises:
+            redis.RedisError, OSError: The round trip failed or took longer
+                than ``socket_timeout`` (``TimeoutError``); the
+                acknowledgements are queued again, for run() to write.
+        """
+        acks, self._acks = self._acks, {}
+        group = self._settings.group
+        async with client.pipeline(transaction=False) as pipe:
+            for key, ids in acks.items():
+                pipe.xack(key, group, *ids)
+
+            add_read(pipe)
+            try:
+                # The usual reply timeout: a reader's client allows for a
+                # blocking read on top, which this read never is.
+                with anyio.fail_after(self._settings.socket_timeout):
+                    replies = await pipe.execute(raise_on_error=False)
+            except BaseException:
+                self._queue_again(acks)
+                raise
+
+        acked = 0
+        for (key, ids), reply in zip(acks.items(), replies, strict=False):
+            if isinstance(reply, Exception):
+                # Left to run(), which reports and retries what fails.
+                self._queue_again({key: ids})
+            else:
+                acked += int(reply)
+
+        self._stats.add("acked", acked)
+        read = replies[-1]
+        if isinstance(read, Exception):
+            raise read
+
+        return read
+
+    def _queue_again(self, acks: dict[str, list[bytes]]) -> None:
+        for key, ids in acks.items():
+            self._acks.setdefault(key, []).extend(ids)
+
+        if acks:
+            self._nudge()
 
     @property
     def pending(self) -> int:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 from redis import RedisError
+from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from redis_events._connection import RETRYABLE_ERRORS, Backoff, translate_error
@@ -29,7 +30,6 @@ from redis_events.dispatcher import Delivery, Outcome
 from redis_events.exceptions import EventDecodeError
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
     from redis.typing import KeyT, StreamIdT
 
     from redis_events.codec import EventRegistry
@@ -97,6 +97,11 @@ class StreamConsumer:
         )
         self._failing = False
         self._max_deliveries = settings.max_deliveries
+        # Whether the last read of new entries was full, and whether the
+        # reader can take acknowledgements along (a plain client: a cluster's
+        # slot reader only reads).
+        self._busy = False
+        self._acks_with_reads = isinstance(reader, Redis)
         for name in STREAM_COUNTERS:
             stats.extra.setdefault(name, 0)
 
@@ -200,19 +205,34 @@ class StreamConsumer:
             block = min(block, max(self._settings.retry_backoff, 0.05))
 
         block = max(0.001, block)
-        free = await self._room()
-        reply = await self._reader.xreadgroup(
-            self.group,
-            self.consumer,
-            self._new_entries,
-            count=min(self._settings.read_count, free),
-            block=int(block * 1000),
-        )
+        count = min(self._settings.read_count, await self._room())
+        if self._busy and self._acks_with_reads and self.settler.has_acks:
+            # The last read was full, so more is waiting: this read need not
+            # block, and the acknowledgements of the last batch ride with it.
+            reply = await self.settler.ack_with_read(
+                self._reader,
+                lambda pipe: pipe.xreadgroup(
+                    self.group, self.consumer, self._new_entries, count=count
+                ),
+            )
+        else:
+            reply = await self._reader.xreadgroup(
+                self.group,
+                self.consumer,
+                self._new_entries,
+                count=count,
+                block=int(block * 1000),
+            )
+
+        read = 0
         for key, entries in _streams(reply):
             if entries:
+                read += len(entries)
                 self._last_read[key] = _text(entries[-1][0])
 
             await self._deliver_held(key, entries, None, on_delivery)
+
+        self._busy = read >= count
 
     async def keep_alive(self) -> None:
         """Keep this consumer's entries in flight from being claimed, forever.
