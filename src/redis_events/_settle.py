@@ -84,7 +84,8 @@ class Settler:
             ids = self._acks[key] = []
 
         ids.append(entry_id.encode())
-        self._nudge()
+        if not self._woken:
+            self._nudge()
 
     def dead_letter(
         self, key: str, topic: str, entry_id: str, reason: str, count: int
