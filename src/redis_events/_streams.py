@@ -14,7 +14,7 @@ from __future__ import annotations
 import heapq
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 from redis import RedisError
@@ -294,7 +294,8 @@ class StreamConsumer:
                 logger.debug("Retry of %s on %s found nothing to claim", entry_id, key)
                 continue
 
-            entry: Entry = claimed[0]  # type: ignore[assignment]  # redis-py types the reply loosely
+            # redis-py types the reply loosely: it is a list of entries.
+            entry = cast("Entry", claimed[0])
             await self._deliver_held(
                 key, [entry], {_bytes(entry[0]): count}, on_delivery
             )
