@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, cast
 
 import anyio
+import anyio.lowlevel
 from redis import RedisError
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
@@ -233,6 +234,11 @@ class StreamConsumer:
             await self._deliver_held(key, entries, None, on_delivery)
 
         self._busy = read >= count
+        if read and not self._busy:
+            # Caught up: let the handlers just given entries start before
+            # this loop prepares and sends its next read, which would
+            # otherwise add its own time to theirs.
+            await anyio.lowlevel.checkpoint()
 
     async def keep_alive(self) -> None:
         """Keep this consumer's entries in flight from being claimed, forever.
