@@ -553,6 +553,32 @@ async def test_backpressure_holds_while_quick_jobs_are_queued() -> None:
     assert stats.in_flight == 0
 
 
+async def test_submit_nowait_accepts_while_there_is_room_and_keeps_key_order() -> None:
+    stats = Stats()
+    gate = anyio.Event()
+    order: list[int] = []
+
+    async def handler(topic: str, event: dict[str, int]) -> None:
+        await gate.wait()
+        order.append(event["n"])
+
+    dispatcher = _dispatcher(stats, max_concurrency=3)
+    with pytest.raises(RuntimeError, match="not running"):
+        dispatcher.submit_nowait(handler, _delivery(0))
+
+    async with dispatcher.running():
+        accepted = [
+            dispatcher.submit_nowait(handler, _delivery(n), key="same")
+            for n in range(4)
+        ]
+        assert accepted == [True, True, True, False]
+        gate.set()
+        await dispatcher.submit(handler, _delivery(3), key="same")
+
+    assert order == [0, 1, 2, 3]
+    assert stats.events_handled == 4
+
+
 async def _room_now(dispatcher: Dispatcher) -> int | None:
     with anyio.move_on_after(0.05):
         return await dispatcher.room()

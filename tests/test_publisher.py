@@ -83,6 +83,33 @@ async def test_publish_many_of_nothing_sends_nothing(redis_url: str, uid: str) -
 
 
 @pytest.mark.fault
+async def test_publishes_beyond_the_pool_wait_for_a_connection_instead_of_failing(
+    redis_url: str, r: redis.Redis, uid: str
+) -> None:
+    topic = f"{uid}:crowd"
+    name = f"re-{uid}"
+    results: list[int | str] = []
+    # No retry window: a publish refused a connection would fail at once.
+    pub = EventPublisher(
+        redis_url, client_name=name, max_connections=2, publish_retry_timeout=0
+    )
+
+    async def publish(n: int) -> None:
+        results.append(await pub.publish(topic, {"n": n}))
+
+    async with pub:
+        async with anyio.create_task_group() as tg:
+            for n in range(50):
+                tg.start_soon(publish, n)
+
+        clients: list[dict[str, Any]] = r.client_list()
+        pooled = [c for c in clients if c["name"] == f"{name}-pub"]
+
+    assert results == [0] * 50
+    assert pub.get_stats()["publish_retries"] == 0
+    assert 1 <= len(pooled) <= 2
+
+
 async def test_unserializable_or_oversize_events_raise_and_send_nothing(
     own_redis_server: RedisServer,
 ) -> None:

@@ -130,7 +130,9 @@ class ShardedStreamConsumer(StreamConsumer):
 
         async def deliver(delivery: Delivery) -> None:
             async with turn:
-                await on_delivery(delivery)
+                waiting = on_delivery(delivery)
+                if waiting is not None:
+                    await waiting
 
         async def wait_for_room() -> int:
             async with turn:

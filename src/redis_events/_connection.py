@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
 from redis import exceptions as redis_errors
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 
@@ -77,12 +77,17 @@ _CLUSTER_ERRORS: Final = (
 _memory_servers: dict[str, Any] = {}
 
 
-def create_client(settings: Settings, *, role: str) -> Redis:
+def create_client(settings: Settings, *, role: str, blocking: bool = True) -> Redis:
     """Return a client for ``settings.redis_url`` named ``<client_name>-<role>``.
 
     The client never retries on its own (redis-py's retry is switched off):
     the publisher and the subscriber own their retry policies, so that every
     retry is counted and logged.
+
+    With ``blocking`` (the default), a command waits up to ``socket_timeout``
+    for a free pooled connection when ``max_connections`` are busy. Without
+    it a standalone server's pool fails at once instead, which costs less per
+    command: for callers that bound their own use of the pool.
 
     Raises:
         ConfigurationError: The URL cannot be used.
@@ -122,7 +127,12 @@ def create_client(settings: Settings, *, role: str) -> Redis:
         return sentinel_client(deployment, options)
 
     try:
-        pool = BlockingConnectionPool.from_url(settings.redis_url, **options)
+        pool: ConnectionPool
+        if blocking:
+            pool = BlockingConnectionPool.from_url(settings.redis_url, **options)
+        else:
+            del options["timeout"]
+            pool = ConnectionPool.from_url(settings.redis_url, **options)
     except (ValueError, TypeError) as exc:
         msg = f"cannot use Redis URL {settings.masked_url}: {exc}"
         raise ConfigurationError(msg) from None

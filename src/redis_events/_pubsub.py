@@ -257,6 +257,18 @@ class PubSubReader:
                         continue
 
                     self._activity += 1
+                    if (
+                        type(response) is list
+                        and len(response) == 3
+                        and response[0] == b"message"
+                    ):
+                        # A published message (nearly every reply), taken
+                        # here without a coroutine of its own.
+                        await on_frame(
+                            Frame(response[1], None, response[2], self.generation)
+                        )
+                        continue
+
                     received = await self._next_frame(pubsub, response)
                     if received is not None:
                         await on_frame(received)

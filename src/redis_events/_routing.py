@@ -226,8 +226,11 @@ class Router:
         ordered = delivery.topic in self._ordering
         for at, handler in enumerate(handlers):
             key = (handler, order_key) if ordered else None
-            reader.stalled = True
             try:
+                if dispatcher.submit_nowait(handler, delivery, key=key):
+                    continue
+
+                reader.stalled = True
                 await dispatcher.submit(handler, delivery, key=key)
             except BaseException:
                 # Stopped while waiting for a handler slot: submit() counted

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from redis.exceptions import NoPermissionError, ResponseError
@@ -13,9 +13,10 @@ from redis_events._connection import RETRYABLE_ERRORS, Backoff, translate_error
 from redis_events._keys import dead_letter_key
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
 
     from redis.asyncio import Redis
+    from redis.asyncio.client import Pipeline
 
     from redis_events.config import Settings
     from redis_events.dispatcher import Stats
@@ -53,9 +54,14 @@ class Settler:
         self._stats = stats
         self._consumer = consumer
         self._fields: dict[tuple[str, str], dict[bytes, bytes]] = {}
-        self._acks: dict[str, list[str]] = {}
+        # Ids as bytes: redis-py sends bytes as they are, a str it checks
+        # and encodes argument by argument.
+        self._acks: dict[str, list[bytes]] = {}
         self._dead: list[_DeadLetter] = []
         self._wake = anyio.Event()
+        # Whether _wake was set since run() last renewed it: set() once per
+        # batch, not once per entry.
+        self._woken = False
         self._move = client.register_script(_MOVE_TO_DEAD_LETTERS)
         self._stopping = False
         self._stopped = anyio.Event()
@@ -73,8 +79,13 @@ class Settler:
     def ack(self, key: str, entry_id: str) -> None:
         """Queue an acknowledgement."""
         self._fields.pop((key, entry_id), None)
-        self._acks.setdefault(key, []).append(entry_id)
-        self._wake.set()
+        ids = self._acks.get(key)
+        if ids is None:
+            ids = self._acks[key] = []
+
+        ids.append(entry_id.encode())
+        if not self._woken:
+            self._nudge()
 
     def dead_letter(
         self,
@@ -95,7 +106,64 @@ class Settler:
         self._dead.append(
             (key, topic, entry_id, reason, count, fields, {**(event or {})})
         )
-        self._wake.set()
+        self._nudge()
+
+    @property
+    def has_acks(self) -> bool:
+        """Tell whether acknowledgements are queued."""
+        return bool(self._acks)
+
+    async def ack_with_read(
+        self, client: Redis, add_read: Callable[[Pipeline], object]
+    ) -> Any:
+        """Write the queued acknowledgements and one read in one round trip.
+
+        ``add_read`` adds the read (one command that must not block) to the
+        pipeline after the XACKs; its reply is returned. This spares a
+        reader that is about to read anyway a separate XACK round trip.
+
+        Raises:
+            redis.RedisError, OSError: The round trip failed or took longer
+                than ``socket_timeout`` (``TimeoutError``); the
+                acknowledgements are queued again, for run() to write.
+        """
+        acks, self._acks = self._acks, {}
+        group = self._settings.group
+        async with client.pipeline(transaction=False) as pipe:
+            for key, ids in acks.items():
+                pipe.xack(key, group, *ids)
+
+            add_read(pipe)
+            try:
+                # The usual reply timeout: a reader's client allows for a
+                # blocking read on top, which this read never is.
+                with anyio.fail_after(self._settings.socket_timeout):
+                    replies = await pipe.execute(raise_on_error=False)
+            except BaseException:
+                self._queue_again(acks)
+                raise
+
+        acked = 0
+        for (key, ids), reply in zip(acks.items(), replies, strict=False):
+            if isinstance(reply, Exception):
+                # Left to run(), which reports and retries what fails.
+                self._queue_again({key: ids})
+            else:
+                acked += int(reply)
+
+        self._stats.add("acked", acked)
+        read = replies[-1]
+        if isinstance(read, Exception):
+            raise read
+
+        return read
+
+    def _queue_again(self, acks: dict[str, list[bytes]]) -> None:
+        for key, ids in acks.items():
+            self._acks.setdefault(key, []).extend(ids)
+
+        if acks:
+            self._nudge()
 
     @property
     def pending(self) -> int:
@@ -109,6 +177,7 @@ class Settler:
             while not self._stopping:
                 await self._wake.wait()
                 self._wake = anyio.Event()
+                self._woken = False
                 try:
                     # A write is never cut in half by a stop: shielded.
                     with anyio.CancelScope(shield=True):
@@ -135,7 +204,7 @@ class Settler:
                         exc,
                         extra=self._log_fields(),
                     )
-                    self._wake.set()
+                    self._nudge()
                     await anyio.sleep(backoff.next_delay())
                 else:
                     backoff.reset()
@@ -145,7 +214,7 @@ class Settler:
     async def stop(self) -> None:
         """Ask ``run()`` to finish its current write and return; wait for it."""
         self._stopping = True
-        self._wake.set()
+        self._nudge()
         await self._stopped.wait()
 
     async def flush(self) -> None:
@@ -169,7 +238,12 @@ class Settler:
 
             self._dead[:0] = dead
 
-    async def _write_acks(self, acks: dict[str, list[str]]) -> None:
+    def _nudge(self) -> None:
+        if not self._woken:
+            self._woken = True
+            self._wake.set()
+
+    async def _write_acks(self, acks: dict[str, list[bytes]]) -> None:
         group = self._settings.group
         if len(acks) == 1:
             # One stream (the usual case): one XACK, without a pipeline's

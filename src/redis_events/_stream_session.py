@@ -119,15 +119,23 @@ class StreamSession:
     ) -> None:
         """Read and dispatch until ``read_scope`` is cancelled, then settle."""
 
-        async def deliver(delivery: Delivery) -> None:
-            handler = self._router.channels[delivery.topic][0]
+        # Looked up per entry: order_by() may change a topic's key at any time.
+        channels, key_of = self._router.channels, self._router.key_of
+        submit, submit_nowait = dispatcher.submit, dispatcher.submit_nowait
+
+        def deliver(delivery: Delivery) -> Awaitable[None] | None:
+            topic = delivery.topic
+            handler = channels[topic][0]
             try:
-                key = self._router.key_of(delivery.topic, delivery.event)
+                key = key_of(topic, delivery.event)
             except EventDecodeError as exc:
                 self.consumer.reject(delivery, exc.reason)
-                return
+                return None
 
-            await dispatcher.submit(handler, delivery, key=key)
+            if submit_nowait(handler, delivery, key=key):
+                return None
+
+            return submit(handler, delivery, key=key)
 
         error: Exception | None = None
         async with anyio.create_task_group() as settling:

@@ -14,9 +14,11 @@ from __future__ import annotations
 import heapq
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
+import anyio.lowlevel
+from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from redis_events._connection import (
@@ -33,7 +35,6 @@ from redis_events.dispatcher import Delivery, Outcome
 from redis_events.exceptions import EventDecodeError
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
     from redis.typing import KeyT, StreamIdT
 
     from redis_events.codec import EventRegistry
@@ -44,7 +45,8 @@ __all__ = ["StreamConsumer"]
 
 logger = logging.getLogger(__name__)
 
-OnDelivery = Callable[[Delivery], Awaitable[None]]
+# Hands a delivery over; returns what to await when it must wait for room.
+OnDelivery = Callable[[Delivery], Awaitable[None] | None]
 Room = Callable[[], Awaitable[int]]
 
 _MISSING_MEMORY = 10_000
@@ -58,7 +60,9 @@ STREAM_COUNTERS = (
     "missing_entries",
     "groups_recreated",
 )
-Entry = tuple[bytes, dict[bytes, bytes] | None]
+Fields = dict[bytes, bytes]
+# An entry as redis-py returns it: its id, and its fields ({} once deleted).
+Entry = tuple[bytes | str, Fields | None]
 
 
 class StreamConsumer:
@@ -97,6 +101,12 @@ class StreamConsumer:
             base=settings.reconnect_backoff_base, cap=settings.reconnect_backoff_cap
         )
         self._failing = False
+        self._max_deliveries = settings.max_deliveries
+        # Whether the last read of new entries was full, and whether the
+        # reader can take acknowledgements along (a plain client: a cluster's
+        # slot reader only reads).
+        self._busy = False
+        self._acks_with_reads = isinstance(reader, Redis)
         for name in STREAM_COUNTERS:
             stats.extra.setdefault(name, 0)
 
@@ -217,19 +227,39 @@ class StreamConsumer:
             block = min(block, max(self._settings.retry_backoff, 0.05))
 
         block = max(0.001, block)
-        free = await self._room()
-        reply = await self._reader.xreadgroup(
-            self.group,
-            self.consumer,
-            self._new_entries,
-            count=min(self._settings.read_count, free),
-            block=int(block * 1000),
-        )
+        count = min(self._settings.read_count, await self._room())
+        if self._busy and self._acks_with_reads and self.settler.has_acks:
+            # The last read was full, so more is waiting: this read need not
+            # block, and the acknowledgements of the last batch ride with it.
+            reply = await self.settler.ack_with_read(
+                self._reader,
+                lambda pipe: pipe.xreadgroup(
+                    self.group, self.consumer, self._new_entries, count=count
+                ),
+            )
+        else:
+            reply = await self._reader.xreadgroup(
+                self.group,
+                self.consumer,
+                self._new_entries,
+                count=count,
+                block=int(block * 1000),
+            )
+
+        read = 0
         for key, entries in _streams(reply):
             if entries:
+                read += len(entries)
                 self._last_read[key] = _text(entries[-1][0])
 
-            await self._deliver_held(key, entries, {}, on_delivery)
+            await self._deliver_held(key, entries, None, on_delivery)
+
+        self._busy = read >= count
+        if read and not self._busy:
+            # Caught up: let the handlers just given entries start before
+            # this loop prepares and sends its next read, which would
+            # otherwise add its own time to theirs.
+            await anyio.lowlevel.checkpoint()
 
     async def keep_alive(self) -> None:
         """Keep this consumer's entries in flight from being claimed, forever.
@@ -300,8 +330,11 @@ class StreamConsumer:
                 )
                 continue
 
-            entry = _entry(claimed[0])
-            await self._deliver_held(key, [entry], {entry[0]: count}, on_delivery)
+            # redis-py types the reply loosely: it is a list of entries.
+            entry = cast("Entry", claimed[0])
+            await self._deliver_held(
+                key, [entry], {_bytes(entry[0]): count}, on_delivery
+            )
 
     async def _claim_idle(self, on_delivery: OnDelivery) -> None:
         min_idle = int(self._settings.claim_min_idle * 1000)
@@ -318,11 +351,7 @@ class StreamConsumer:
                 )
                 cursor = _text(reply[0])
                 mine = self._in_flight[key]
-                entries = [
-                    entry
-                    for entry in map(_entry, reply[1])
-                    if _text(entry[0]) not in mine
-                ]
+                entries = [entry for entry in reply[1] if _text(entry[0]) not in mine]
                 # Redis 7 also lists ids whose entry was deleted; 6.2 does not.
                 for deleted in reply[2] if len(reply) > 2 else ():
                     self._missing(key, _text(deleted))
@@ -360,37 +389,45 @@ class StreamConsumer:
     async def _deliver_counted(
         self, key: str, entries: list[Entry], on_delivery: OnDelivery
     ) -> None:
-        counts = await self._delivery_counts(key, [e[0] for e in entries])
+        counts = await self._delivery_counts(key, [_bytes(e[0]) for e in entries])
         await self._deliver_held(key, entries, counts, on_delivery)
 
     async def _deliver_held(
         self,
         key: str,
         entries: list[Entry],
-        counts: dict[bytes, int],
+        counts: dict[bytes, int] | None,
         on_delivery: OnDelivery,
     ) -> None:
         """Deliver a batch that counts as in flight until each is handed over.
 
+        ``entries`` are as redis-py returns them. ``counts`` holds delivery
+        counts by entry id; without it every entry is on its first delivery.
         If delivering stops half way (a lost connection, a stop), the entries
         not handed over are released, so that they can be claimed again
         instead of being kept fresh forever by the keep-alive.
         """
-        ids = [_text(raw_id) for raw_id, _ in entries]
+        ids = [_text(entry[0]) for entry in entries]
         # The whole batch counts as in flight from now on, so that entries
         # waiting for a slot are kept fresh too and never claimed away.
-        self._in_flight[key].update(ids)
+        in_flight = self._in_flight[key]
+        in_flight.update(ids)
+        topic = self._topics[key]
+        prepare = self._prepare
         delivered = 0
         try:
             for entry_id, (raw_id, fields) in zip(ids, entries, strict=True):
-                count = counts.get(raw_id, 1) if counts else 1
-                delivery = self._prepare(key, entry_id, fields, count)
+                count = counts.get(_bytes(raw_id), 1) if counts else 1
+                delivery = prepare(key, topic, entry_id, fields, count)
                 if delivery is not None:
-                    await on_delivery(delivery)
+                    waiting = on_delivery(delivery)
+                    if waiting is not None:
+                        await waiting
 
                 delivered += 1
         finally:
-            self._in_flight[key].difference_update(ids[delivered:])
+            if delivered < len(ids):
+                in_flight.difference_update(ids[delivered:])
 
     async def _delivery_counts(self, key: str, ids: list[bytes]) -> dict[bytes, int]:
         async with self._client.pipeline(transaction=False) as pipe:
@@ -407,28 +444,33 @@ class StreamConsumer:
         return counts
 
     def _prepare(
-        self, key: str, entry_id: str, fields: dict[bytes, bytes] | None, count: int
+        self, key: str, topic: str, entry_id: str, fields: Fields | None, count: int
     ) -> Delivery | None:
         """Return the delivery of an entry, or settle what cannot be delivered."""
-        topic = self._topics[key]
-        if fields is None:
+        # redis-py turns the nil body of a deleted entry into {} (an XADD
+        # always has at least one field), so an empty body means "gone".
+        if not fields:
             self._in_flight[key].discard(entry_id)
             self._missing(key, entry_id)
             return None
 
-        data = fields.get(DATA_FIELD)
+        if not isinstance(fields, dict):
+            fields = dict(fields)
+
         self.settler.remember(key, entry_id, fields)
         # TODO(stream-stats): this counts deliveries, so a retried entry is
         # received twice; a per-event count needs the delivery counter.
-        self._stats.events_received += 1
-        if self._stats.observer is not None:
-            self._stats.observer.received(topic)
+        stats = self._stats
+        stats.events_received += 1
+        if stats.observer is not None:
+            stats.observer.received(topic)
 
+        data = fields.get(DATA_FIELD)
         if data is None:
             self._reject(key, topic, entry_id, "no 'data' field", count)
             return None
 
-        if count > self._settings.max_deliveries:
+        if count > self._max_deliveries:
             reason = f"delivered {count} times, more than max_deliveries"
             self._in_flight[key].discard(entry_id)
             self.settler.dead_letter(key, topic, entry_id, reason, count)
@@ -440,13 +482,7 @@ class StreamConsumer:
             self._reject(key, topic, entry_id, exc.reason, count)
             return None
 
-        return Delivery(
-            topic=topic,
-            event=event,
-            delivery_id=entry_id,
-            delivery_count=count,
-            trace_context=from_fields(fields),
-        )
+        return Delivery(topic, event, None, entry_id, count, from_fields(fields))
 
     def reject(self, delivery: Delivery, reason: str) -> None:
         """Count, log and dead-letter a delivery that cannot be handled."""
@@ -562,19 +598,9 @@ def _streams(reply: Any) -> list[tuple[str, list[Entry]]]:
         return []
 
     if isinstance(reply, dict):  # RESP3
-        return [(_text(k), [_entry(e) for e in v[0]]) for k, v in reply.items()]
+        return [(_text(key), value[0]) for key, value in reply.items()]
 
-    return [(_text(key), [_entry(e) for e in entries]) for key, entries in reply]
-
-
-def _entry(raw: Any) -> Entry:
-    entry_id, fields = raw
-    # redis-py turns the nil body of a deleted entry into {} (an XADD always
-    # has at least one field), so an empty body means "gone".
-    if not fields:
-        return _bytes(entry_id), None
-
-    return _bytes(entry_id), (fields if isinstance(fields, dict) else dict(fields))
+    return [(_text(key), entries) for key, entries in reply]
 
 
 async def _one_slot() -> int:

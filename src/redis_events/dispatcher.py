@@ -324,6 +324,31 @@ class Dispatcher:
             self.not_started(handler, delivery)
             raise
 
+        self._accept(handler, delivery, key)
+
+    def submit_nowait(
+        self, handler: Handler, delivery: Delivery, *, key: Hashable | None = None
+    ) -> bool:
+        """Accept a job like ``submit`` if that needs no wait; tell whether it did.
+
+        A reader tries this first and awaits ``submit`` only when it returns
+        False, which spares it a coroutine per job while there is room.
+
+        Raises:
+            RuntimeError: Called outside ``running()``.
+        """
+        if self._accepted >= self._limit:
+            return False
+
+        self._accept(handler, delivery, key)
+        return True
+
+    def _accept(
+        self, handler: Handler, delivery: Delivery, key: Hashable | None
+    ) -> None:
+        if not self._running:
+            self._check_running()
+
         self._accepted += 1
         job = (handler, delivery, key)
         if key is not None:
@@ -449,7 +474,8 @@ class Dispatcher:
         # The job is done with before anyone is told: should a callback
         # raise, the worker's exit must not count it a second time, and the
         # transport (which acknowledges) hears of it whatever an observer does.
-        worker.job = self._next_for_key(job[2])
+        key = job[2]
+        worker.job = None if key is None else self._next_for_key(key)
         try:
             self._report(job[1], outcome)
         finally:
@@ -574,7 +600,12 @@ class Dispatcher:
         try:
             # The coroutine handler is awaited here, not in a helper: one
             # coroutine less per event.
-            if self._runs_async(handler):
+            try:
+                is_async = self._async_handlers[handler]
+            except (KeyError, TypeError):
+                is_async = self._runs_async(handler)
+
+            if is_async:
                 await handler(delivery.topic, delivery.event)  # type: ignore[misc]
             else:
                 await self._invoke_plain(handler, delivery)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import weakref
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
@@ -79,6 +80,8 @@ class EventPublisher(Endpoint):
         self._stream = self.settings.transport == "stream"
         self._retention: dict[str, int] = {}
         self._client: Redis | None = None
+        # One slot per pooled connection: see _attempt().
+        self._slots: anyio.Semaphore | None = None
         self._in_flight = 0
         self._all_done = anyio.Event()
         self._events_published = 0
@@ -115,7 +118,7 @@ class EventPublisher(Endpoint):
         """
         client = self._ensure_client()
         try:
-            await client.ping()
+            await self._attempt(_ping, client)
         except REDIS_ERRORS as exc:
             raise translate_error(
                 exc, operation="PING", settings=self.settings
@@ -354,19 +357,63 @@ class EventPublisher(Endpoint):
 
     def _ensure_client(self) -> Redis:
         if self._client is None:
-            self._client = create_client(self.settings, role="pub")
+            settings = self.settings
+            client = create_client(settings, role="pub", blocking=False)
+            self._slots = None
+            if settings.scheme != "memory" and not is_cluster(client):
+                # redis-py's BlockingConnectionPool would make a command wait
+                # for a free connection, at a cost per command (a condition,
+                # a lock and a timeout) larger than the rest of a publish in
+                # this library. A semaphore with one slot per connection
+                # keeps that wait for a fraction of the cost.
+                self._slots = anyio.Semaphore(
+                    settings.max_connections, fast_acquire=True
+                )
+
+            self._client = client
 
         return self._client
+
+    async def _attempt(self, call: Callable[[Redis], Awaitable[T]], client: Redis) -> T:
+        """Run ``call`` once, on a free pooled connection.
+
+        Raises:
+            TimeoutError: No connection became free within ``socket_timeout``
+                (retried like a lost connection).
+        """
+        slots = self._slots
+        if slots is None:
+            return await call(client)
+
+        try:
+            slots.acquire_nowait()
+        except anyio.WouldBlock:
+            await self._wait_for_slot(slots)
+
+        try:
+            return await call(client)
+        finally:
+            slots.release()
+
+    async def _wait_for_slot(self, slots: anyio.Semaphore) -> None:
+        with anyio.move_on_after(self.settings.socket_timeout):
+            await slots.acquire()
+            return
+
+        msg = "no pooled connection became free within socket_timeout"
+        raise TimeoutError(msg)
 
     async def _retrying(
         self, operation: str, topic: str, call: Callable[[Redis], Awaitable[T]]
     ) -> T:
         client = self._ensure_client()
-        started = anyio.current_time()
+        # The event loop's clock (what anyio.current_time() reads on asyncio),
+        # read directly: this runs for every publish.
+        started = time.monotonic()
         self._in_flight += 1
         try:
             try:
-                return await call(client)
+                return await self._attempt(call, client)
             except REDIS_ERRORS as exc:
                 first_error = exc
 
@@ -390,7 +437,7 @@ class EventPublisher(Endpoint):
     ) -> T:
         backoff = Backoff(base=_RETRY_BASE, cap=_RETRY_CAP)
         while True:
-            left = deadline - anyio.current_time()
+            left = deadline - time.monotonic()
             if not is_retryable(error) or left <= 0:
                 self._publish_failures += 1
                 raise translate_error(
@@ -414,9 +461,13 @@ class EventPublisher(Endpoint):
                 raise RedisUnavailableError(msg) from error
 
             try:
-                return await call(client)
+                return await self._attempt(call, client)
             except REDIS_ERRORS as exc:
                 error = exc
+
+
+def _ping(client: Redis) -> Awaitable[bool]:
+    return client.ping()
 
 
 def _publish(client: Redis, channel: str, data: bytes) -> Awaitable[int]:

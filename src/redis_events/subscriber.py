@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Self
@@ -36,8 +37,6 @@ if TYPE_CHECKING:
     from anyio.abc import TaskGroup, TaskStatus
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
     from redis.asyncio import Redis
-
-    from redis_events._pubsub import Frame
 
 __all__ = ["EventSubscriber"]
 
@@ -555,7 +554,11 @@ class EventSubscriber(Endpoint):
                             self._read_scope.cancel()
 
                         task_status.started()
-                        await reader.run(self._route)
+                        await reader.run(
+                            functools.partial(
+                                self._router.route, reader=reader, dispatcher=dispatcher
+                            )
+                        )
                 finally:
                     self._read_scope = None
                     self._end_subscriptions()
@@ -567,12 +570,6 @@ class EventSubscriber(Endpoint):
 
             self._finished.set()
             logger.info("Subscriber stopped: %s", self._stats.as_dict())
-
-    async def _route(self, frame: Frame) -> None:
-        reader, dispatcher = self._reader, self._dispatcher
-        assert reader is not None, "routing only while running"
-        assert dispatcher is not None, "routing only while running"
-        await self._router.route(frame, reader, dispatcher)
 
     def _end_subscriptions(self) -> None:
         # Reading has stopped: iterator subscriptions end, and deliveries
