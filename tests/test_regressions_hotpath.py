@@ -8,20 +8,24 @@ The defect is in the docstring.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 import pytest
 
+from redis_events._cluster_streams import ShardedStreamConsumer
 from redis_events._connection import create_client
 from redis_events._keys import stream_key
 from redis_events._settle import Settler
 from redis_events.config import Settings
-from redis_events.dispatcher import Stats
+from redis_events.dispatcher import Delivery, Dispatcher, Outcome, Stats
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from redis.asyncio.client import Pipeline
 
+    from redis_events._streams import Room, StreamConsumer
     from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.redis
@@ -80,3 +84,102 @@ async def test_a_stop_during_acks_with_a_read_lets_the_round_trip_finish(
     assert stats.extra.get("acked", 0) == 3
     assert not settler.has_acks
     assert r.xpending(key, group)["pending"] == 2
+
+
+class _Part:
+    """A slot's read loop that hands over what it is given, one by one."""
+
+    def __init__(
+        self,
+        stats: Stats,
+        deliveries: list[Delivery],
+        *,
+        after: anyio.Event | None = None,
+    ) -> None:
+        self.stats = stats
+        self.deliveries = deliveries
+        self.after = after
+        self.handing = anyio.Event()
+
+    async def run(
+        self, deliver: Callable[[Delivery], Awaitable[None]], room: Room
+    ) -> None:
+        if self.after is not None:
+            await self.after.wait()
+            await anyio.wait_all_tasks_blocked()
+
+        for delivery in self.deliveries:
+            # Counted as received when prepared, as StreamConsumer does.
+            self.stats.events_received += 1
+            self.handing.set()
+            await deliver(delivery)
+
+
+async def test_a_slot_read_loop_stopped_before_its_turn_counts_its_delivery() -> None:
+    """A delivery waiting for its turn among a cluster's slot loops was lost.
+
+    The slot loops of a cluster hand deliveries over one at a time. One that
+    was stopped while waiting for its turn had counted its entry as received,
+    but the entry was neither started nor counted as not started, so the
+    counters no longer added up. It now counts as not started.
+    """
+    stats = Stats()
+    release = anyio.Event()
+    outcomes: list[Outcome] = []
+
+    async def handler(topic: str, event: Any) -> None:
+        await release.wait()
+
+    dispatcher = Dispatcher(
+        max_concurrency=1,
+        handler_timeout=None,
+        shutdown_timeout=30,
+        stats=stats,
+        on_outcome=lambda delivery, outcome: outcomes.append(outcome),
+    )
+
+    def on_delivery(delivery: Delivery) -> Awaitable[None] | None:
+        if dispatcher.submit_nowait(handler, delivery):
+            return None
+
+        return dispatcher.submit(handler, delivery)
+
+    # The first loop fills the dispatcher, then waits for room holding its
+    # turn; the second loop's delivery waits for that turn.
+    first = _Part(stats, [Delivery("a", {}), Delivery("a", {})])
+    second = _Part(stats, [Delivery("b", {})], after=first.handing)
+    consumer = ShardedStreamConsumer.__new__(ShardedStreamConsumer)
+    consumer.parts = cast("list[StreamConsumer]", [first, second])
+
+    async with dispatcher.running():
+        with anyio.CancelScope() as reading:
+
+            async def stop_when_all_wait() -> None:
+                await second.handing.wait()
+                await anyio.wait_all_tasks_blocked()
+                reading.cancel()
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(stop_when_all_wait)
+                await consumer.run(on_delivery, _no_room)
+
+        release.set()
+
+    finished = (
+        stats.events_handled
+        + stats.handler_errors
+        + stats.handler_timeouts
+        + stats.handlers_cancelled
+        + stats.invalid_events
+    )
+    assert stats.events_received == 3
+    assert finished == 3
+    assert sorted(o.value for o in outcomes) == [
+        "handled",
+        "not_started",
+        "not_started",
+    ]
+
+
+async def _no_room() -> int:
+    return 0
