@@ -138,23 +138,17 @@ class Settler:
         # A stop that came before the round trip starts it not.
         await anyio.lowlevel.checkpoint_if_cancelled()
         acks, self._acks = self._acks, {}
-        group = self._settings.group
-        async with client.pipeline(transaction=False) as pipe:
-            for key, ids in acks.items():
-                pipe.xack(key, group, *ids)
-
-            add_read(pipe)
-            try:
-                # The usual reply timeout: a reader's client allows for a
-                # blocking read on top, which this read never is.
-                with (
-                    anyio.CancelScope(shield=True),
-                    anyio.fail_after(self._settings.socket_timeout),
-                ):
-                    replies = await pipe.execute(raise_on_error=False)
-            except BaseException:
-                self._queue_again(acks)
-                raise
+        try:
+            # The usual reply timeout: a reader's client allows for a
+            # blocking read on top, which this read never is.
+            with (
+                anyio.CancelScope(shield=True),
+                anyio.fail_after(self._settings.socket_timeout),
+            ):
+                replies = await self._ack_and_read(client, acks, add_read)
+        except BaseException:
+            self._queue_again(acks)
+            raise
 
         acked = 0
         for (key, ids), reply in zip(acks.items(), replies, strict=False):
@@ -170,6 +164,21 @@ class Settler:
             raise read
 
         return read
+
+    async def _ack_and_read(
+        self,
+        client: Redis,
+        acks: dict[str, list[bytes]],
+        add_read: Callable[[Pipeline], object],
+    ) -> list[Any]:
+        group = self._settings.group
+        async with client.pipeline(transaction=False) as pipe:
+            for key, ids in acks.items():
+                pipe.xack(key, group, *ids)
+
+            add_read(pipe)
+            replies: list[Any] = await pipe.execute(raise_on_error=False)
+            return replies
 
     def _queue_again(self, acks: dict[str, list[bytes]]) -> None:
         for key, ids in acks.items():
