@@ -129,10 +129,20 @@ class ShardedStreamConsumer(StreamConsumer):
         turn = anyio.Lock()
 
         async def deliver(delivery: Delivery) -> None:
-            async with turn:
-                waiting = on_delivery(delivery)
-                if waiting is not None:
-                    await waiting
+            try:
+                await turn.acquire()
+            except BaseException:
+                # Stopped before its turn: handed over all the same, in the
+                # cancelled scope, so that the dispatcher takes it if it has
+                # room or counts it as not started; else the entry, already
+                # counted as received, would be counted nowhere else.
+                await _hand_over(on_delivery, delivery)
+                raise
+
+            try:
+                await _hand_over(on_delivery, delivery)
+            finally:
+                turn.release()
 
         async def wait_for_room() -> int:
             async with turn:
@@ -269,6 +279,12 @@ class ShardSettlers(Settler):
 
         if error is not None:
             raise error
+
+
+async def _hand_over(on_delivery: OnDelivery, delivery: Delivery) -> None:
+    waiting = on_delivery(delivery)
+    if waiting is not None:
+        await waiting
 
 
 async def _together(calls: list[Any]) -> None:

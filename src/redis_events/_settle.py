@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.lowlevel
 from redis.exceptions import NoPermissionError, ResponseError
 
 from redis_events._connection import RETRYABLE_ERRORS, Backoff, translate_error
@@ -126,22 +127,28 @@ class Settler:
             redis.RedisError, OSError: The round trip failed or took longer
                 than ``socket_timeout`` (``TimeoutError``); the
                 acknowledgements are queued again, for run() to write.
-        """
-        acks, self._acks = self._acks, {}
-        group = self._settings.group
-        async with client.pipeline(transaction=False) as pipe:
-            for key, ids in acks.items():
-                pipe.xack(key, group, *ids)
 
-            add_read(pipe)
-            try:
-                # The usual reply timeout: a reader's client allows for a
-                # blocking read on top, which this read never is.
-                with anyio.fail_after(self._settings.socket_timeout):
-                    replies = await pipe.execute(raise_on_error=False)
-            except BaseException:
-                self._queue_again(acks)
-                raise
+        Note:
+            Like every write of the settler, the round trip is never cut in
+            half by a cancellation: once sent, its reply is awaited (for up
+            to ``socket_timeout``), so that what Redis acknowledged is
+            counted once and the entries it read are returned, not left
+            pending without a handler.
+        """
+        # A stop that came before the round trip starts it not.
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        acks, self._acks = self._acks, {}
+        try:
+            # The usual reply timeout: a reader's client allows for a
+            # blocking read on top, which this read never is.
+            with (
+                anyio.CancelScope(shield=True),
+                anyio.fail_after(self._settings.socket_timeout),
+            ):
+                replies = await self._ack_and_read(client, acks, add_read)
+        except BaseException:
+            self._queue_again(acks)
+            raise
 
         acked = 0
         for (key, ids), reply in zip(acks.items(), replies, strict=False):
@@ -157,6 +164,21 @@ class Settler:
             raise read
 
         return read
+
+    async def _ack_and_read(
+        self,
+        client: Redis,
+        acks: dict[str, list[bytes]],
+        add_read: Callable[[Pipeline], object],
+    ) -> list[Any]:
+        group = self._settings.group
+        async with client.pipeline(transaction=False) as pipe:
+            for key, ids in acks.items():
+                pipe.xack(key, group, *ids)
+
+            add_read(pipe)
+            replies: list[Any] = await pipe.execute(raise_on_error=False)
+            return replies
 
     def _queue_again(self, acks: dict[str, list[bytes]]) -> None:
         for key, ids in acks.items():
