@@ -32,11 +32,9 @@ from redis_events._connection import (
     create_client,
     translate_error,
 )
-from redis_events._pubsub import Frame, PubSubReader
+from redis_events._pubsub import Frame, PubSubReader, reopen, unlogged
 from redis_events.exceptions import (
     ConfigurationError,
-    RedisEventsError,
-    RedisUnavailableError,
 )
 
 if TYPE_CHECKING:
@@ -70,7 +68,7 @@ class _NodeSession:
     def __init__(self, client: Redis, channels: list[str]) -> None:
         self.client = client
         self.channels = channels
-        self.pubsub: PubSub = client.pubsub(push_handler_func=_unlogged)
+        self.pubsub: PubSub = client.pubsub(push_handler_func=unlogged)
 
     async def open(self, reader: ShardedPubSubReader) -> None:
         # One SSUBSCRIBE per slot: a command naming channels of two slots is
@@ -349,27 +347,7 @@ class ShardedPubSubReader(PubSubReader):
         return create_client(node_settings, role="sub")
 
     async def _reconnect_sessions(self) -> None:
-        while True:
-            self._stats.reconnect_attempts += 1
-            try:
-                await self._open_sessions()
-            except RedisEventsError as exc:
-                delay = self._backoff.next_delay()
-                level = (
-                    logging.DEBUG
-                    if isinstance(exc, RedisUnavailableError)
-                    else logging.ERROR
-                )
-                logger.log(
-                    level,
-                    "Reconnect attempt %d failed (%s); next in %.2f s",
-                    self._backoff.failures,
-                    exc,
-                    delay,
-                )
-                await anyio.sleep(delay)
-            else:
-                return
+        await reopen(self._open_sessions, self._backoff, self._stats)
 
     async def _lose_sessions(self, exc: BaseException) -> None:
         logger.warning(
@@ -386,7 +364,3 @@ class ShardedPubSubReader(PubSubReader):
         with anyio.CancelScope(shield=True):
             for session in sessions.values():
                 await session.close()
-
-
-async def _unlogged(response: Any) -> Any:
-    return response

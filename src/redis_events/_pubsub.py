@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from redis_events.config import Settings
     from redis_events.dispatcher import Stats
 
-__all__ = ["Frame", "PubSubReader"]
+__all__ = ["Frame", "PubSubReader", "reopen", "unlogged"]
 
 logger = logging.getLogger(__name__)
 
@@ -358,7 +358,7 @@ class PubSubReader:
     async def _open(self) -> None:
         # With RESP3, redis-py logs every push message (payloads included) at
         # DEBUG unless a handler is given; this one hands them back unlogged.
-        pubsub = self._client.pubsub(push_handler_func=_unlogged)
+        pubsub = self._client.pubsub(push_handler_func=unlogged)
         try:
             with anyio.fail_after(
                 self._settings.socket_connect_timeout + self._settings.socket_timeout
@@ -456,29 +456,7 @@ class PubSubReader:
                 expected.discard((message["type"], message["channel"]))
 
     async def _reconnect(self) -> None:
-        while True:
-            self._stats.reconnect_attempts += 1
-            try:
-                await self._open()
-            except RedisEventsError as exc:
-                delay = self._backoff.next_delay()
-                # An ACL or password problem may be fixed by an operator
-                # while we wait, so it is retried too, but said loudly.
-                level = (
-                    logging.DEBUG
-                    if isinstance(exc, RedisUnavailableError)
-                    else logging.ERROR
-                )
-                logger.log(
-                    level,
-                    "Reconnect attempt %d failed (%s); next in %.2f s",
-                    self._backoff.failures,
-                    exc,
-                    delay,
-                )
-                await anyio.sleep(delay)
-            else:
-                return
+        await reopen(self._open, self._backoff, self._stats)
 
     async def _lose(self, exc: BaseException) -> None:
         logger.warning(
@@ -514,7 +492,34 @@ class PubSubReader:
         )
 
 
-async def _unlogged(response: Any) -> Any:
+async def reopen(
+    open_connection: Callable[[], Awaitable[None]], backoff: Backoff, stats: Stats
+) -> None:
+    """Call ``open_connection`` until it succeeds, backing off between tries."""
+    while True:
+        stats.reconnect_attempts += 1
+        try:
+            await open_connection()
+        except RedisEventsError as exc:
+            delay = backoff.next_delay()
+            # An ACL or password problem may be fixed by an operator while we
+            # wait, so it is retried too, but said loudly.
+            unavailable = isinstance(exc, RedisUnavailableError)
+            level = logging.DEBUG if unavailable else logging.ERROR
+            logger.log(
+                level,
+                "Reconnect attempt %d failed (%s); next in %.2f s",
+                backoff.failures,
+                exc,
+                delay,
+            )
+            await anyio.sleep(delay)
+        else:
+            return
+
+
+async def unlogged(response: Any) -> Any:
+    """A push handler that hands messages back without redis-py's DEBUG log."""
     return response
 
 
