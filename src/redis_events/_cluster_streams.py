@@ -73,7 +73,6 @@ class ShardedStreamConsumer(StreamConsumer):
         )
         self.parts: list[StreamConsumer] = []
         self._part_of: dict[str, StreamConsumer] = {}
-        self._stats = stats
         slot_reader = cast("Redis", SlotReader(cast("RedisCluster", reader)))
         for group in slot_groups(topics):
             part = StreamConsumer(

@@ -9,6 +9,7 @@ no model decodes to a plain ``dict``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 from collections.abc import Mapping
@@ -41,15 +42,26 @@ DecodedEvent: TypeAlias = BaseModel | dict[str, Any]
 _PLAIN_OBJECT: TypeAdapter[dict[str, Any]] = TypeAdapter(dict[str, Any])
 # What a decoded event may be: a tuple checks faster than a union type.
 _OBJECT_TYPES = (BaseModel, dict)
-# Topic names validate_topic() accepted, up to this many (then it starts over).
-_GOOD_TOPICS: set[str] = set()
-_GOOD_TOPICS_KEPT = 4096
 _MAX_REASONS = 3
 _NOT_FINITE = "numbers must be finite (no NaN, Infinity or out-of-range values)"
 # A float overflows only past 1.8e308: that takes a literal NaN or Infinity,
 # an exponent of three digits, or a hundred digits in a row (99 digits with a
 # two-digit exponent stay below 1e200).
 _MAY_BE_NON_FINITE = re.compile(rb"NaN|Infinity|[\d.][eE]\+?\d{3,}(?=[\s,\]}])|\d{100}")
+
+
+# Every publish checks its topic: names already found good are remembered,
+# since checking one character by character costs more. A failure raises, so
+# only good names are cached; typed, so a str subclass is checked on its own.
+@functools.lru_cache(maxsize=4096, typed=True)
+def _check_topic_text(topic: str) -> None:
+    if len(topic) > c.MAX_TOPIC_LENGTH:
+        msg = f"a topic name may have at most {c.MAX_TOPIC_LENGTH} characters"
+        raise ConfigurationError(msg)
+
+    if not topic.isprintable() or any(ch.isspace() for ch in topic):
+        msg = f"topic name {topic!r} contains whitespace or control characters"
+        raise ConfigurationError(msg)
 
 
 def validate_topic(topic: str) -> str:
@@ -59,29 +71,11 @@ def validate_topic(topic: str) -> str:
         ConfigurationError: The name is empty, too long, or contains
             whitespace or control characters.
     """
-    # Every publish checks its topic: names already found good are
-    # remembered, since checking one character by character costs more.
-    if type(topic) is str and topic in _GOOD_TOPICS:
-        return topic
-
     if not isinstance(topic, str) or not topic:
         msg = "a topic name must be a non-empty string"
         raise ConfigurationError(msg)
 
-    if len(topic) > c.MAX_TOPIC_LENGTH:
-        msg = f"a topic name may have at most {c.MAX_TOPIC_LENGTH} characters"
-        raise ConfigurationError(msg)
-
-    if not topic.isprintable() or any(ch.isspace() for ch in topic):
-        msg = f"topic name {topic!r} contains whitespace or control characters"
-        raise ConfigurationError(msg)
-
-    if type(topic) is str:
-        if len(_GOOD_TOPICS) >= _GOOD_TOPICS_KEPT:
-            _GOOD_TOPICS.clear()
-
-        _GOOD_TOPICS.add(topic)
-
+    _check_topic_text(topic)
     return topic
 
 
