@@ -213,10 +213,16 @@ async def test_subscribers_outlive_a_restart_of_the_whole_cluster(
     topic = f"bounce-{uid}"
     # The nodes keep no data: the group is created again, and reads the
     # stream from its start.
+    # A short backoff cap: the readers come back soon after the cluster does
+    # (the default cap, 5 s, can add up to 5 s to each reader's recovery).
     stream = EventSubscriber(
-        cluster.url, transport="stream", group=f"g-{uid}", start_from="all"
+        cluster.url,
+        transport="stream",
+        group=f"g-{uid}",
+        start_from="all",
+        reconnect_backoff_cap=1,
     )
-    shard = EventSubscriber(cluster.url)
+    shard = EventSubscriber(cluster.url, reconnect_backoff_cap=1)
     got: dict[str, list[int]] = {"stream": [], "pubsub": []}
     stream.on(topic)(lambda _, event: got["stream"].append(event["n"]))
     shard.on(topic)(lambda _, event: got["pubsub"].append(event["n"]))
@@ -245,7 +251,7 @@ async def test_subscribers_outlive_a_restart_of_the_whole_cluster(
                 await to_shard.publish(topic, {"n": 1})
                 await anyio.sleep(0.1)
 
-        await wait_until(lambda: got["stream"] == [0, 1])
+        await wait_until(lambda: got["stream"] == [0, 1], timeout=20)
         assert set(got["pubsub"]) == {0, 1}
 
 

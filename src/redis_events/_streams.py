@@ -567,6 +567,10 @@ class StreamConsumer:
         for key in self._topics:
             await self._create_group_raw(key, self._last_read.get(key, "0"))
 
+        # The groups exist again. Waiting out the backoff of a long outage
+        # here only delays the first read; the base delay is enough to keep
+        # a group deleted over and over from becoming a tight loop.
+        self._backoff.reset()
         await anyio.sleep(self._backoff.next_delay())
 
     async def _trouble(self, exc: BaseException) -> None:
@@ -579,6 +583,15 @@ class StreamConsumer:
                 self._settings.masked_url,
                 type(exc).__name__,
                 exc,
+                extra=self.log_fields(),
+            )
+        else:
+            logger.debug(
+                "Stream consumer attempt %d failed (%s: %s); next in %.2f s",
+                self._backoff.failures,
+                type(exc).__name__,
+                exc,
+                delay,
                 extra=self.log_fields(),
             )
 
