@@ -285,6 +285,33 @@ def test_unreachable_redis_exits_2_with_one_line_naming_the_address(
     assert PASSWORD not in done.stderr + done.stdout
 
 
+def test_serve_reports_an_unreachable_redis_as_an_error_line_and_exits_2() -> None:
+    port = free_port()
+    script = (
+        "import anyio\n"
+        "from redis_events.processor import EventProcessor, serve\n"
+        f"processor = EventProcessor('redis://:{PASSWORD}@127.0.0.1:{port}/0')\n"
+        "raise SystemExit(anyio.run(serve, processor))\n"
+    )
+
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=clean_environment(),
+        check=False,
+    )
+
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2
+    assert len(lines) == 1, done.stderr
+    # The same "<command>: error: " form as every other command-line error.
+    assert lines[0].startswith("redis-events processor: error: ")
+    assert f"127.0.0.1:{port}" in lines[0]
+    assert PASSWORD not in done.stderr + done.stdout
+
+
 @pytest.mark.redis
 @pytest.mark.parametrize(
     "log_args", [(), ("--log-level", "DEBUG")], ids=["default-level", "debug"]

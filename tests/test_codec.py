@@ -11,7 +11,7 @@ from typing import Any, Literal
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, SecretStr
 
 from redis_events import (
     KEY_SUBMISSION_TOPIC,
@@ -32,6 +32,7 @@ from redis_events import (
     ProfileResult,
     ProfileUpdated,
 )
+from redis_events._unmodelled import closest_topic
 from redis_events.codec import validate_topic
 
 # Needed at run time: pydantic resolves a test model's annotation with it.
@@ -801,3 +802,39 @@ def test_decoded_events_encode_and_decode_back_unchanged(document: object) -> No
             assert PROPERTY_REGISTRY.decode(topic, encoded) == (
                 value if isinstance(value, BaseModel) else json.loads(encoded)
             )
+
+
+@pytest.mark.parametrize(
+    ("topic", "closest"),
+    [
+        ("key_submited", "key_submitted"),
+        ("key_sbmited", "key_submitted"),
+        ("ky_sbmited", None),
+        ("profile_event", "profile_events"),
+        ("audit", None),
+    ],
+)
+def test_closest_topic_is_one_within_two_edits(topic: str, closest: str | None) -> None:
+    topics = ["key_submitted", "profile_events", "processing_results"]
+
+    assert closest_topic(topic, topics) == closest
+
+
+class _Credential(BaseModel):
+    token: SecretStr | None = None
+
+
+def test_a_secret_field_of_a_users_model_makes_a_topic_without_one_warn(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    registry = EventRegistry(include_defaults=False)
+    registry.register("credentials", _Credential)
+    caplog.set_level("WARNING", logger="redis_events")
+
+    registry.encode("credential", {"token": "t0ken-value"})
+    registry.encode("credential", {"token": "t0ken-value"})
+
+    assert [getattr(rec, "suggestion", None) for rec in caplog.records] == [
+        "credentials"
+    ]
+    assert "t0ken-value" not in caplog.text

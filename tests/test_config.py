@@ -301,6 +301,46 @@ def test_a_database_that_is_not_a_number_is_refused_naming_the_part(
 
 
 @pytest.mark.parametrize(
+    ("url", "part"),
+    [
+        (f"redis+sentinel://u:{PASSWORD}@s1:26379,s2:26379/events/-1", "not '-1'"),
+        (f"rediss+sentinel://u:{PASSWORD}@s1:26379/events/abc", "not 'abc'"),
+        ("redis+sentinel://s1:26379/events/%2D1", "not '%2D1'"),
+        # Other scripts' digits: int() reads them, Redis's SELECT does not.
+        ("redis+sentinel://s1:26379/events/\u0663", "not '\u0663'"),
+        ("redis+sentinel://s1:26379/events/1/2", "not '1/2'"),
+    ],
+    ids=["negative", "letters", "encoded-minus", "arabic-digit", "two-segments"],
+)
+def test_a_sentinel_database_that_is_not_a_number_is_refused_like_a_plain_one(
+    url: str, part: str
+) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        Settings.from_arguments(url)
+
+    message = str(caught.value)
+    assert message.startswith(
+        "invalid settings: redis_url: the database in the Redis URL's path "
+        "must be a non-negative integer"
+    )
+    assert "redis+sentinel://host:26379/service/0" in message
+    assert part in message
+    assert PASSWORD not in message
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis+sentinel://s1:26379/events",
+        "redis+sentinel://s1:26379/events/",
+        "redis+sentinel://s1:26379,s2:26380/events/15",
+    ],
+)
+def test_a_sentinel_database_number_or_none_is_accepted(url: str) -> None:
+    assert Settings.from_arguments(url).redis_url == url
+
+
+@pytest.mark.parametrize(
     "url",
     [
         "redis://localhost:6379",

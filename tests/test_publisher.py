@@ -285,6 +285,35 @@ async def test_publish_key_submitted_carries_the_key_but_never_shows_it(
     assert all(secret not in rec.getMessage() for rec in caplog.records)
 
 
+async def test_a_secret_sent_to_a_topic_without_a_model_warns_once_per_topic(
+    redis_url: str, uid: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    secret = f"sk-{uid}"
+    misspelt = "key_submision"  # one letter short of key_submission
+    unrelated = f"audit_{uid}"
+    caplog.set_level("DEBUG", logger="redis_events")
+    async with EventPublisher(redis_url) as pub:
+        await pub.publish(unrelated, {"token_name": "tok"})
+        for _ in range(3):
+            await pub.publish(misspelt, {"key_value": secret, "token_name": "tok"})
+
+        await pub.publish_many(unrelated, [{"key_value": secret}] * 2)
+        # The topic's own model validates it: no hint.
+        await pub.publish("key_submission", {"key_value": secret, "token_name": "t"})
+
+    warnings = [rec for rec in caplog.records if rec.levelname == "WARNING"]
+    assert [getattr(rec, "topic", None) for rec in warnings] == [misspelt, unrelated]
+    hinted, unhinted = (rec.getMessage() for rec in warnings)
+    assert "has no model" in hinted
+    assert "key_value" in hinted
+    assert "did you mean key_submission?" in hinted
+    assert "did you mean" not in unhinted
+    assert getattr(warnings[0], "suggestion", None) == "key_submission"
+    for rec in caplog.records:
+        assert secret not in rec.getMessage()
+        assert secret not in repr(vars(rec))
+
+
 class _Gate:
     """A loopback TCP forwarder to a server that can refuse connections.
 

@@ -20,6 +20,7 @@ __all__ = [
     "TEXT_FORMAT",
     "LogFormat",
     "configure_logging",
+    "error_prefix",
     "formatter",
     "json_formatter",
 ]
@@ -33,6 +34,16 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # expect; anything the call passed in ``extra=`` follows as its own field.
 _JSON_FIELDS = ("levelname", "name", "message")
 _JSON_NAMES = {"levelname": "level", "name": "logger", "exc_info": "exception"}
+
+
+def error_prefix(command: str) -> str:
+    """Return what starts the text line of an error that ends ``command``.
+
+    Every error of ``redis-events``, of the processor and of ``serve`` is one
+    ``<command>: error: <message>`` line, so that people and scripts look
+    for one form; this is the one place that spells it.
+    """
+    return f"{command}: error: "
 
 
 def json_formatter() -> logging.Formatter:

@@ -20,6 +20,7 @@ from pydantic.json_schema import DEFAULT_REF_TEMPLATE
 from pydantic_core import CoreSchema, ErrorDetails, PydanticSerializationError, to_json
 
 from redis_events import _constants as c
+from redis_events._unmodelled import secret_fields, warn_secret_without_model
 from redis_events.events import (
     REVEAL_SECRETS,
     KeySubmitted,
@@ -102,6 +103,12 @@ class EventRegistry:
         # Topics whose model has a float or an Any somewhere, which pydantic
         # fills with NaN or inf when the JSON says so.
         self._may_hold_floats: set[str] = set()
+        # Secret field names per topic with a model, and all of them: a
+        # mapping sent to a topic without a model that has one of these is
+        # probably meant for another topic (see _hint_secret).
+        self._secrets_of: dict[str, frozenset[str]] = {}
+        self._secret_fields: tuple[str, ...] = ()
+        self._hinted: set[str] = set()
         if include_defaults:
             self.register(c.KEY_SUBMISSION_TOPIC, KeySubmitted)
             self.register(c.PROFILE_EVENTS_TOPIC, ProfileEvent)
@@ -123,6 +130,9 @@ class EventRegistry:
         self._may_hold_floats.discard(topic)
         if _has_float_schema(adapter.core_schema):
             self._may_hold_floats.add(topic)
+
+        self._secrets_of[topic] = secret_fields(model)
+        self._secret_fields = tuple(sorted(set().union(*self._secrets_of.values())))
 
     def topics(self) -> list[str]:
         """Return the topics that have a model, sorted."""
@@ -152,6 +162,8 @@ class EventRegistry:
         other._adapters = dict(self._adapters)
         other._tags = dict(self._tags)
         other._may_hold_floats = set(self._may_hold_floats)
+        other._secrets_of = dict(self._secrets_of)
+        other._secret_fields = self._secret_fields
         return other
 
     def decode(self, topic: str, data: bytes | str) -> DecodedEvent:
@@ -235,6 +247,9 @@ class EventRegistry:
         adapter = self._adapters.get(topic)
         if adapter is None:
             body = dict(event)
+            if topic not in self._hinted:
+                self._hint_secret(topic, body)
+
             body.setdefault("event_id", new_event_id())
             body.setdefault("timestamp", utc_now().isoformat())
             return _plain_json(topic, body)
@@ -249,6 +264,18 @@ class EventRegistry:
             return self._dump(topic, model, reveal=True)
 
         return _plain_json(topic, model)
+
+    def _hint_secret(self, topic: str, body: dict[str, Any]) -> None:
+        """Warn, once for ``topic``, that it has no model for a secret in ``body``.
+
+        Runs only for mappings sent to a topic without a model, and stops
+        for a topic once it has warned: a set lookup per publish after that.
+        """
+        for field in self._secret_fields:
+            if field in body:
+                self._hinted.add(topic)
+                warn_secret_without_model(topic, field, self.topics())
+                return
 
     def _encode_model(self, topic: str, model: BaseModel) -> bytes:
         adapter = self._adapters.get(topic)

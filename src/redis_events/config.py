@@ -197,7 +197,11 @@ class Settings(BaseSettings):
             raise ValueError(msg)
 
         scheme = parts.scheme
-        if scheme in CLUSTER_SCHEMES or scheme in SENTINEL_SCHEMES:
+        if scheme in SENTINEL_SCHEMES:
+            _check_sentinel_database(parts)
+            return value
+
+        if scheme in CLUSTER_SCHEMES:
             return value
 
         if scheme not in SUPPORTED_SCHEMES:
@@ -330,11 +334,7 @@ def _check_database(parts: SplitResult) -> None:
     if parts.scheme in ("redis", "rediss") and not _DB_PATH.fullmatch(
         unquote(parts.path)
     ):
-        msg = (
-            "the database in the Redis URL's path must be a non-negative "
-            f"integer, as in redis://host:6379/0, not {parts.path[:40]!r}"
-        )
-        raise ValueError(msg)
+        raise ValueError(_database_message("redis://host:6379/0", parts.path))
 
     for name, number in parse_qsl(parts.query, keep_blank_values=True):
         if name == "db" and not _DB_NUMBER.fullmatch(number):
@@ -343,6 +343,27 @@ def _check_database(parts: SplitResult) -> None:
                 f"integer, not {number[:40]!r}"
             )
             raise ValueError(msg)
+
+
+def _check_sentinel_database(parts: SplitResult) -> None:
+    """Refuse a Sentinel URL's database that is not a non-negative integer.
+
+    The path is ``/service[/db]``; empty segments are skipped, as the
+    topology parser skips them. The message quotes the part after the
+    service only.
+    """
+    _service, _, rest = parts.path.lstrip("/").partition("/")
+    database = "/".join(segment for segment in rest.split("/") if segment)
+    if database and not _DB_NUMBER.fullmatch(database):
+        example = "redis+sentinel://host:26379/service/0"
+        raise ValueError(_database_message(example, database))
+
+
+def _database_message(example: str, shown: str) -> str:
+    return (
+        "the database in the Redis URL's path must be a non-negative "
+        f"integer, as in {example}, not {shown[:40]!r}"
+    )
 
 
 def mask_url(url: str) -> str:

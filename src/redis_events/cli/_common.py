@@ -20,6 +20,7 @@ import click
 from pydantic import BaseModel
 
 from redis_events import _constants as c
+from redis_events._log_format import error_prefix
 from redis_events.cli._logs import library_logs, say
 from redis_events.config import Settings
 from redis_events.events import REDACTED
@@ -137,7 +138,7 @@ def fail(message: str, code: int, *, context: click.Context | None = None) -> No
 
     command = click.get_current_context(silent=True)
     name = command.command_path if command is not None else "redis-events"
-    say(message, level=logging.ERROR, prefix=f"{name}: error: ")
+    say(message, level=logging.ERROR, prefix=error_prefix(name))
     sys.exit(code)
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Annotated
 
@@ -27,6 +26,7 @@ from redis_events.processor._core import EventProcessor
 from redis_events.processor._service import (
     EXIT_OK,
     EXIT_UNAVAILABLE,
+    print_error,
     run_service,
 )
 
@@ -234,7 +234,7 @@ def _reporter(log_format: LogFormat, prog: str) -> Callable[[str], None]:
         return _log_error
 
     def print_line(message: str) -> None:
-        print(f"{prog}: error: {message}", file=sys.stderr)  # noqa: T201
+        print_error(message, command=prog)
 
     return print_line
 

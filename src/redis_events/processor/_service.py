@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from redis_events._log_format import error_prefix
 from redis_events.exceptions import RedisEventsError
 
 if TYPE_CHECKING:
@@ -35,6 +36,8 @@ logger = logging.getLogger("redis_events.processor")
 EXIT_OK = 0
 EXIT_FORCED = 1
 EXIT_UNAVAILABLE = 2
+# How ``serve`` names the program in its error line.
+SERVICE_NAME = "redis-events processor"
 
 
 async def serve(processor: EventProcessor, *, stats_interval: float = 60.0) -> int:
@@ -43,17 +46,21 @@ async def serve(processor: EventProcessor, *, stats_interval: float = 60.0) -> i
     The first signal stops reading and lets events in flight finish (up to
     ``shutdown_timeout``); a second one cancels them. A stats line is logged
     every ``stats_interval`` seconds (0 = never) and once at the end. When
-    Redis cannot be reached at start, one line naming the address goes to
-    stderr and the exit code is 2.
+    Redis cannot be reached at start, one ``redis-events processor: error:``
+    line naming the address goes to stderr and the exit code is 2.
     """
     return await run_service(
         processor, stats_interval=stats_interval, report=print_error
     )
 
 
-def print_error(message: str) -> None:
-    """Write ``message`` to stderr as one line naming the processor."""
-    print(f"redis-events processor: {message}", file=sys.stderr)  # noqa: T201
+def print_error(message: str, *, command: str = SERVICE_NAME) -> None:
+    """Write ``message`` to stderr as one ``<command>: error:`` line.
+
+    The processor's text errors all end here, in the form of every other
+    command's errors.
+    """
+    print(f"{error_prefix(command)}{message}", file=sys.stderr)  # noqa: T201
 
 
 async def run_service(
