@@ -35,7 +35,7 @@ class Session(Protocol):
 
     @property
     def connected(self) -> bool:
-        """Tell whether the last read from Redis succeeded."""
+        """Tell whether the session reads from Redis without failing."""
 
     @property
     def on_outcome(self) -> Callable[[Delivery, Outcome], None] | None:
