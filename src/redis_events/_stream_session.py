@@ -1,11 +1,11 @@
-"""One run of a subscriber on the streams transport, and replay of history."""
+"""One run of a subscriber on the streams transport, and replay of history.
+
+The pub/sub counterpart is ``_pubsub_session``; both fit ``_session.Session``.
+"""
 
 from __future__ import annotations
 
 import logging
-import os
-import secrets
-import socket
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +15,7 @@ from redis_events._cluster_streams import ShardedStreamConsumer
 from redis_events._connection import REDIS_ERRORS, create_client, translate_error
 from redis_events._keys import DATA_FIELD, stream_key
 from redis_events._positions import position_to_id
+from redis_events._session import default_consumer_name
 from redis_events._streams import StreamConsumer
 from redis_events._topology import is_cluster
 from redis_events.exceptions import ConfigurationError, EventDecodeError
@@ -28,12 +29,11 @@ if TYPE_CHECKING:
     from redis_events._routing import Router
     from redis_events.codec import DecodedEvent, EventRegistry
     from redis_events.config import Settings
-    from redis_events.dispatcher import Delivery, Dispatcher, Handler, Stats
+    from redis_events.dispatcher import Delivery, Dispatcher, Handler, Outcome, Stats
 
 __all__ = [
     "ReplayedEntry",
     "StreamSession",
-    "default_consumer_name",
     "group_info",
     "replay",
     "replay_entries",
@@ -43,11 +43,6 @@ logger = logging.getLogger("redis_events.subscriber")
 
 # Seconds given to a TLS connection's closing handshake at a stop.
 _TLS_CLOSE_GRACE = 0.05
-
-
-def default_consumer_name() -> str:
-    """Return ``<host>-<pid>-<random>``: unique per running instance."""
-    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
 class StreamSession:
@@ -93,6 +88,16 @@ class StreamSession:
             topics=list(router.channels),
             consumer=self.consumer_name,
         )
+
+    @property
+    def connected(self) -> bool:
+        """Tell whether the consumer's last read from Redis succeeded."""
+        return not self.consumer.failing
+
+    @property
+    def on_outcome(self) -> Callable[[Delivery, Outcome], None]:
+        """The consumer's ``settle``: it acknowledges, retries or dead-letters."""
+        return self.consumer.settle
 
     async def connect(self) -> None:
         """Create the consumer groups.
