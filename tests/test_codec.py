@@ -809,12 +809,15 @@ def test_decoded_events_encode_and_decode_back_unchanged(document: object) -> No
     [
         ("key_submited", "key_submitted"),
         ("key_sbmited", "key_submitted"),
-        ("ky_sbmited", None),
+        ("ky_sbmited", "key_submitted"),
         ("profile_event", "profile_events"),
+        ("profiles", None),
         ("audit", None),
     ],
 )
-def test_closest_topic_is_one_within_two_edits(topic: str, closest: str | None) -> None:
+def test_closest_topic_is_a_registered_one_close_to_it(
+    topic: str, closest: str | None
+) -> None:
     topics = ["key_submitted", "profile_events", "processing_results"]
 
     assert closest_topic(topic, topics) == closest

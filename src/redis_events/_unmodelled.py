@@ -8,6 +8,7 @@ and names the registered topic the user probably meant.
 
 from __future__ import annotations
 
+import difflib
 import logging
 from typing import Any, get_args
 
@@ -17,9 +18,10 @@ __all__ = ["closest_topic", "secret_fields", "warn_secret_without_model"]
 
 logger = logging.getLogger(__name__)
 
-# How far a topic may be from a registered one to be named as the one meant:
-# two typos, as in "key_submited" for "key_submitted".
-_MAX_DISTANCE = 2
+# How alike (difflib's ratio) a topic must be to a registered one to be
+# named as the one meant: "key_submited" is 0.96 like "key_submitted",
+# "profiles" only 0.73 like "profile_events".
+_CUTOFF = 0.8
 _SECRET_TYPES = (SecretStr, SecretBytes)
 
 
@@ -47,47 +49,16 @@ def _is_secret(annotation: Any) -> bool:
 
 
 def closest_topic(topic: str, topics: list[str]) -> str | None:
-    """Return the topic of ``topics`` nearest ``topic`` within two edits."""
-    best: str | None = None
-    best_distance = _MAX_DISTANCE + 1
-    for candidate in topics:
-        distance = _edit_distance(topic, candidate, best_distance)
-        if distance < best_distance:
-            best, best_distance = candidate, distance
-
-    return best
-
-
-def _edit_distance(a: str, b: str, limit: int) -> int:
-    """Return the Levenshtein distance of ``a`` and ``b``, or ``limit`` past it."""
-    if abs(len(a) - len(b)) >= limit:
-        return limit
-
-    previous = list(range(len(b) + 1))
-    for i, char in enumerate(a, 1):
-        current = [i]
-        for j, other in enumerate(b, 1):
-            current.append(
-                min(
-                    previous[j] + 1,
-                    current[j - 1] + 1,
-                    previous[j - 1] + (char != other),
-                )
-            )
-
-        if min(current) >= limit:
-            return limit
-
-        previous = current
-
-    return min(previous[-1], limit)
+    """Return the topic of ``topics`` most like ``topic``, if one is close."""
+    matches = difflib.get_close_matches(topic, topics, n=1, cutoff=_CUTOFF)
+    return matches[0] if matches else None
 
 
 def warn_secret_without_model(topic: str, field: str, topics: list[str]) -> None:
     """Log the WARNING for a secret ``field`` sent to ``topic``, which has no model.
 
     The record names the topic and the field, never the event; it names the
-    closest of ``topics`` (those with a model) when one is within two edits.
+    closest of ``topics`` (those with a model) when one is close.
     """
     suggestion = closest_topic(topic, topics)
     extra = {"topic": topic, "secret_field": field, "suggestion": suggestion}
