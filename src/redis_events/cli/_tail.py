@@ -55,7 +55,7 @@ if TYPE_CHECKING:
     from anyio.abc import TaskStatus
     from redis.asyncio.cluster import RedisCluster
 
-    from redis_events._pubsub import Frame
+    from redis_events._pubsub_shared import Frame
     from redis_events.config import Settings
 
 __all__ = ["tail"]
