@@ -18,22 +18,12 @@ import anyio
 from redis.exceptions import ResponseError
 
 from redis_events._connection import RETRYABLE_ERRORS
-from redis_events._stream_entries import (
-    Entry,
-    OnDelivery,
-    Room,
-    StreamEntries,
-    as_bytes,
-    as_text,
-)
+from redis_events._stream_entries import StreamEntries, as_bytes, as_text
 from redis_events.dispatcher import Outcome
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
-
-    from redis_events.codec import EventRegistry
-    from redis_events.config import Settings
-    from redis_events.dispatcher import Delivery, Stats
+    from redis_events._stream_entries import Entry, OnDelivery, Room
+    from redis_events.dispatcher import Delivery
 
 __all__ = ["StreamClaims"]
 
@@ -44,27 +34,10 @@ logger = logging.getLogger("redis_events._streams")
 class StreamClaims(StreamEntries):
     """Settle finished deliveries, and claim again what must be retried."""
 
-    def __init__(
-        self,
-        *,
-        client: Redis,
-        settings: Settings,
-        registry: EventRegistry,
-        stats: Stats,
-        topics: list[str],
-        consumer: str,
-    ) -> None:
-        super().__init__(
-            client=client,
-            settings=settings,
-            registry=registry,
-            stats=stats,
-            topics=topics,
-            consumer=consumer,
-        )
-        # Due time, stream key, entry id and next delivery count, soonest first.
-        self._retries: list[tuple[float, str, str, int]] = []
-        self._room: Room = _one_slot
+    # Set by the consumer. The retries: due time, stream key, entry id and
+    # next delivery count, soonest first; and the wait for free handler slots.
+    _retries: list[tuple[float, str, str, int]]
+    _room: Room
 
     def settle(self, delivery: Delivery, outcome: Outcome) -> None:
         """Act on a finished delivery: ack, retry later, dead-letter or keep."""
@@ -195,7 +168,3 @@ class StreamClaims(StreamEntries):
                 pipe.xclaim(key, self.group, self.consumer, 0, list(ids), justid=True)
 
             await pipe.execute()
-
-
-async def _one_slot() -> int:
-    return 1

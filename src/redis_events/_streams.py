@@ -79,6 +79,8 @@ class StreamConsumer(StreamClaims):
             consumer=consumer,
         )
         self._reader = reader
+        self._retries = []
+        self._room = _one_slot
         self._new_entries: dict[KeyT, StreamIdT] = dict.fromkeys(self._topics, ">")
         self._history: dict[KeyT, StreamIdT] = dict.fromkeys(self._topics, "0")
         self._last_read: dict[str, str] = {}
@@ -311,3 +313,7 @@ class StreamConsumer(StreamClaims):
             logger.info("Stream consumer reached Redis again", extra=self.log_fields())
 
         self._backoff.reset()
+
+
+async def _one_slot() -> int:
+    return 1
