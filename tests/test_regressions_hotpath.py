@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 
     from redis.asyncio.client import Pipeline
 
-    from redis_events._streams import Room, StreamConsumer
+    from redis_events._stream_entries import Room
+    from redis_events._streams import StreamConsumer
     from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.redis

@@ -17,7 +17,6 @@ the reader re-subscribes (during a failover, for instance) is not received.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import quote
 
@@ -32,12 +31,15 @@ from redis_events._connection import (
     create_client,
     translate_error,
 )
-from redis_events._pubsub import Frame, PubSubReader, reopen, unlogged
+from redis_events._pubsub import PubSubReader
+from redis_events._pubsub_shared import Frame, OnFrame, reopen, unlogged
 from redis_events.exceptions import (
     ConfigurationError,
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from redis.asyncio import Redis
     from redis.asyncio.client import PubSub
     from redis.asyncio.cluster import RedisCluster
@@ -54,8 +56,6 @@ PATTERNS_REFUSED = (
     "PSUBSCRIBE, so a pattern would miss every shard but one; subscribe to "
     "each topic instead"
 )
-
-OnFrame = Callable[[Frame], Awaitable[None]]
 
 
 class SlotMovedError(Exception):

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from redis.asyncio.cluster import RedisCluster
     from redis.typing import KeyT, StreamIdT
 
-    from redis_events._streams import OnDelivery, Room
+    from redis_events._stream_entries import OnDelivery, Room
     from redis_events.codec import EventRegistry
     from redis_events.config import Settings
     from redis_events.dispatcher import Delivery, Outcome, Stats

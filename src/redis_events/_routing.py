@@ -12,7 +12,8 @@ from redis_events.dispatcher import Delivery, Dispatcher, Handler, Stats
 from redis_events.exceptions import ConfigurationError, EventDecodeError
 
 if TYPE_CHECKING:
-    from redis_events._pubsub import Frame, PubSubReader
+    from redis_events._pubsub import PubSubReader
+    from redis_events._pubsub_shared import Frame
 
 __all__ = ["OrderingKey", "Router"]
 

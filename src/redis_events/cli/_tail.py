@@ -31,7 +31,7 @@ from redis_events._connection import translate_error as _translate
 from redis_events._envelope import split_json
 from redis_events._keys import DATA_FIELD, stream_key
 from redis_events._pubsub import PubSubReader
-from redis_events._streams import _streams as stream_entries
+from redis_events._stream_entries import stream_entries
 from redis_events._topology import is_cluster
 from redis_events.cli._common import (
     EXIT_USAGE,
@@ -55,7 +55,7 @@ if TYPE_CHECKING:
     from anyio.abc import TaskStatus
     from redis.asyncio.cluster import RedisCluster
 
-    from redis_events._pubsub import Frame
+    from redis_events._pubsub_shared import Frame
     from redis_events.config import Settings
 
 __all__ = ["tail"]
