@@ -1,0 +1,118 @@
+"""Hostile review (break5): bad input that must not stop a subscriber.
+
+Each test fails on the code it was written against and names the claim it
+holds the library to.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import pytest
+
+from redis_events import EventRegistry, EventSubscriber
+from redis_events._keys import dead_letter_key, stream_key
+from redis_events.exceptions import EventDecodeError
+from tests.helpers import wait_until
+
+if TYPE_CHECKING:
+    from tests.redis_server import RedisServer
+
+pytestmark = pytest.mark.redis
+
+# A timestamp pydantic accepts, which overflows when moved to UTC: year
+# 9999 at -23:59 is past datetime.max in UTC, year 1 at +23:59 before
+# datetime.min.
+LATE = "9999-12-31T23:59:59-23:59"
+EARLY = "0001-01-01T00:00:00+23:59"
+GOOD = '{"event_type":"profile_created","profile_id":2}'
+
+
+def _bad(timestamp: str) -> str:
+    return (
+        '{"event_type":"profile_created","profile_id":1,'
+        f'"timestamp":"{timestamp}"}}'
+    )
+
+
+@pytest.mark.parametrize("timestamp", [LATE, EARLY])
+def test_decode_rejects_timestamp_that_overflows_utc(timestamp: str) -> None:
+    # decode() promises EventDecodeError for input that does not fit.
+    registry = EventRegistry()
+    with pytest.raises(EventDecodeError):
+        registry.decode("profile_events", _bad(timestamp))
+
+
+@pytest.mark.parametrize("timestamp", [LATE, EARLY])
+async def test_pubsub_subscriber_survives_timestamp_overflow(
+    own_redis_server: RedisServer, timestamp: str
+) -> None:
+    handled: list[Any] = []
+    subscriber = EventSubscriber(own_redis_server.url)
+
+    @subscriber.on("profile_events")
+    async def handle(topic: str, event: object) -> None:
+        handled.append(event)
+
+    client = own_redis_server.client()
+    failure: list[BaseException] = []
+
+    async def run() -> None:
+        try:
+            await subscriber.run()
+        except BaseException as exc:
+            failure.append(exc)
+
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run)
+            await wait_until(lambda: client.pubsub_numsub("profile_events")[0][1] > 0)
+            client.publish("profile_events", _bad(timestamp))
+            client.publish("profile_events", GOOD)
+            await wait_until(lambda: len(handled) == 1 or bool(failure), timeout=5)
+            assert failure == []
+            assert subscriber.get_stats()["invalid_events"] == 1
+            await subscriber.stop()
+
+    client.close()
+
+
+async def test_stream_subscriber_dead_letters_timestamp_overflow(
+    own_redis_server: RedisServer,
+) -> None:
+    handled: list[Any] = []
+    subscriber = EventSubscriber(
+        own_redis_server.url,
+        transport="stream",
+        group="g",
+        start_from="all",
+        block_seconds=0.5,
+    )
+
+    @subscriber.on("profile_events")
+    async def handle(topic: str, event: object) -> None:
+        handled.append(event)
+
+    client = own_redis_server.client()
+    client.xadd(stream_key("profile_events"), {"data": _bad(LATE)})
+    client.xadd(stream_key("profile_events"), {"data": GOOD})
+    failure: list[BaseException] = []
+
+    async def run() -> None:
+        try:
+            await subscriber.run()
+        except BaseException as exc:
+            failure.append(exc)
+
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run)
+            await wait_until(lambda: len(handled) == 1 or bool(failure), timeout=5)
+            assert failure == []
+            await wait_until(
+                lambda: client.xlen(dead_letter_key("profile_events")) == 1, timeout=5
+            )
+            await subscriber.stop()
+
+    client.close()
