@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import pytest
 
-from redis_events import EventRegistry, EventSubscriber
+from redis_events import EventPublisher, EventRegistry, EventSubscriber
 from redis_events._keys import dead_letter_key, stream_key
-from redis_events.exceptions import EventDecodeError
+from redis_events.exceptions import EventDecodeError, EventEncodeError
 from tests.helpers import wait_until
 
 if TYPE_CHECKING:
@@ -116,3 +116,15 @@ async def test_stream_subscriber_dead_letters_timestamp_overflow(
             await subscriber.stop()
 
     client.close()
+
+
+async def test_publish_refuses_timestamp_that_overflows_utc() -> None:
+    # publish() promises EventEncodeError for an event that does not fit
+    # its topic's model; an OverflowError escapes instead.
+    publisher = EventPublisher("memory://break5")
+    async with publisher:
+        with pytest.raises(EventEncodeError):
+            await publisher.publish(
+                "key_submission",
+                {"key_value": "abc123", "token_name": "t", "timestamp": LATE},
+            )
