@@ -128,3 +128,46 @@ async def test_publish_refuses_timestamp_that_overflows_utc() -> None:
                 "key_submission",
                 {"key_value": "abc123", "token_name": "t", "timestamp": LATE},
             )
+
+
+class _KeyAbort(BaseException):
+    """A BaseException that is not KeyboardInterrupt, SystemExit or cancel."""
+
+
+async def test_ordering_key_raising_base_exception_rejects_event() -> None:
+    # order_by(): "an event on which the function raises ... is rejected
+    # like an undecodable one"; a handler raising such a BaseException is
+    # that handler's failure, but from the key function it ends run().
+    url = "memory://break5-order"
+    subscriber = EventSubscriber(url)
+    handled: list[int] = []
+
+    def key(event: Any) -> Any:
+        if event["n"] == 1:
+            raise _KeyAbort
+        return event["n"]
+
+    @subscriber.on("orders")
+    async def handle(topic: str, event: Any) -> None:
+        handled.append(event["n"])
+
+    subscriber.order_by("orders", key)
+    failure: list[BaseException] = []
+
+    async def run() -> None:
+        try:
+            await subscriber.run()
+        except BaseException as exc:
+            failure.append(exc)
+
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as tg, EventPublisher(url) as publisher:
+            tg.start_soon(run)
+            await anyio.sleep(0.3)
+            for n in range(3):
+                await publisher.publish("orders", {"n": n})
+            await wait_until(lambda: len(handled) == 2 or bool(failure), timeout=5)
+            assert failure == []
+            assert sorted(handled) == [0, 2]
+            assert subscriber.get_stats()["invalid_events"] == 1
+            await subscriber.stop()
