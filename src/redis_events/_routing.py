@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any
@@ -108,8 +109,11 @@ class Router:
         try:
             key = order(event)
             hash(key)
-        except Exception as exc:
-            # Only the exception's type: its text may quote the event.
+        except (KeyboardInterrupt, SystemExit, asyncio.CancelledError):
+            raise
+        except BaseException as exc:
+            # Any other BaseException rejects the event, as it fails a
+            # handler. Only the exception's type: its text may quote the event.
             reason = f"its ordering key cannot be computed ({type(exc).__name__})"
             raise EventDecodeError(reason, topic=topic) from exc
 

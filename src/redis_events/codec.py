@@ -195,6 +195,8 @@ class EventRegistry:
         except ValidationError as exc:
             reason = _describe(exc, self._tags.get(topic))
             raise EventDecodeError(reason, topic=topic) from None
+        except Exception as exc:
+            raise EventDecodeError(_validator_failed(exc), topic=topic) from None
 
         if not isinstance(value, _OBJECT_TYPES):
             # A user model may be any type; only objects are events.
@@ -259,6 +261,8 @@ class EventRegistry:
         except ValidationError as exc:
             reason = _describe(exc, self._tags.get(topic))
             raise EventEncodeError(reason, topic=topic) from None
+        except Exception as exc:
+            raise EventEncodeError(_validator_failed(exc), topic=topic) from None
 
         if isinstance(model, BaseModel):
             return self._dump(topic, model, reveal=True)
@@ -289,6 +293,8 @@ class EventRegistry:
             described = _describe(exc, self._tags.get(topic))
             reason = f"not an event of this topic ({described})"
             raise EventEncodeError(reason, topic=topic) from None
+        except Exception as exc:
+            raise EventEncodeError(_validator_failed(exc), topic=topic) from None
 
         return self._dump(topic, checked, reveal=True)
 
@@ -418,6 +424,16 @@ def _union_tags(schema: CoreSchema) -> list[str]:
         return []
 
     return [str(tag) for tag in node["choices"]]
+
+
+def _validator_failed(exc: Exception) -> str:
+    """Describe a validator that raised something pydantic lets through.
+
+    pydantic turns only ValueError and AssertionError into a validation
+    error; a model's own validator may raise anything else. Only the type
+    is named: the exception's text may quote the input.
+    """
+    return f"a validator of the model raised {type(exc).__name__}"
 
 
 def _first_line(exc: Exception) -> str:

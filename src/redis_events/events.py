@@ -68,7 +68,12 @@ def _as_utc(value: datetime) -> datetime:
     if value.tzinfo is None:
         return value.replace(tzinfo=UTC)
 
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        # Year 9999 at -23:59 or year 1 at +23:59: no such datetime in UTC.
+        # A ValueError is what pydantic turns into a validation error.
+        raise ValueError("out of range once moved to UTC") from None
 
 
 # A naive value is read as UTC; every value is kept and written in UTC with an

@@ -1,7 +1,9 @@
-"""Hostile review (break5): bad input that must not stop a subscriber.
+"""Validation that fails with something other than a ValidationError.
 
-Each test fails on the code it was written against and names the claim it
-holds the library to.
+pydantic turns only ValueError and AssertionError into validation errors;
+an OverflowError from our own UTC conversion, or any exception from a
+user's validator, must still be a rejected event, never a stopped
+subscriber. Found by a hostile review (the timestamps and the ordering key).
 """
 
 from __future__ import annotations
@@ -10,8 +12,9 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
+from pydantic import field_validator
 
-from redis_events import EventPublisher, EventRegistry, EventSubscriber
+from redis_events import Event, EventPublisher, EventRegistry, EventSubscriber
 from redis_events._keys import dead_letter_key, stream_key
 from redis_events.exceptions import EventDecodeError, EventEncodeError
 from tests.helpers import wait_until
@@ -31,8 +34,7 @@ GOOD = '{"event_type":"profile_created","profile_id":2}'
 
 def _bad(timestamp: str) -> str:
     return (
-        '{"event_type":"profile_created","profile_id":1,'
-        f'"timestamp":"{timestamp}"}}'
+        f'{{"event_type":"profile_created","profile_id":1,"timestamp":"{timestamp}"}}'
     )
 
 
@@ -171,3 +173,59 @@ async def test_ordering_key_raising_base_exception_rejects_event() -> None:
             assert sorted(handled) == [0, 2]
             assert subscriber.get_stats()["invalid_events"] == 1
             await subscriber.stop()
+
+
+class _Picky(Event):
+    """A user's model whose validator raises what pydantic lets through."""
+
+    event_type: str = "picky"
+    code: str
+
+    @field_validator("code")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        return {"a": "alpha", "b": "beta"}[value]  # KeyError for the rest
+
+
+def test_a_user_validator_raising_keyerror_is_a_decode_error() -> None:
+    registry = EventRegistry()
+    registry.register("picky", _Picky)
+    assert registry.decode("picky", '{"code":"a"}').code == "alpha"  # type: ignore[union-attr]
+    with pytest.raises(EventDecodeError, match="raised KeyError") as caught:
+        registry.decode("picky", '{"code":"zz-secret-zz"}')
+    assert "zz-secret-zz" not in str(caught.value)
+    with pytest.raises(EventEncodeError, match="raised KeyError"):
+        registry.encode("picky", {"code": "zz"})
+
+
+async def test_a_stream_subscriber_dead_letters_what_a_user_validator_breaks_on(
+    own_redis_server: RedisServer,
+) -> None:
+    registry = EventRegistry()
+    registry.register("picky", _Picky)
+    handled: list[str] = []
+    subscriber = EventSubscriber(
+        own_redis_server.url,
+        transport="stream",
+        group="g",
+        start_from="all",
+        block_seconds=0.5,
+        registry=registry,
+    )
+
+    @subscriber.on("picky")
+    async def handle(topic: str, event: _Picky) -> None:
+        handled.append(event.code)
+
+    client = own_redis_server.client()
+    client.xadd(stream_key("picky"), {"data": '{"code":"zz"}'})
+    client.xadd(stream_key("picky"), {"data": '{"code":"b"}'})
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(subscriber.run)
+            await wait_until(lambda: handled == ["beta"], timeout=5)
+            await wait_until(lambda: client.xlen(dead_letter_key("picky")) == 1)
+            assert subscriber.get_stats()["invalid_events"] == 1
+            await subscriber.stop()
+
+    client.close()
