@@ -6,7 +6,9 @@ its work in Redis, run by ``serve`` (so signals and exit codes are the stock
 ones) and printing its stats as JSON when it exits. The test looks at server
 state with a plain client (``R``): XPENDING, XINFO, and the hashes the
 handlers write. Claim settings are short (3 s idle, checked every second) so
-that a dead consumer's entries come back within seconds.
+that a dead consumer's entries come back within seconds. These are the
+shared cases BR-11 (a crashed consumer's entries reclaimed) and BR-15
+(SIGTERM finishes and acknowledges what started, takes nothing new).
 """
 
 from __future__ import annotations
