@@ -419,3 +419,20 @@ async def test_a_publish_during_a_short_outage_is_retried_and_delivered(
 def _numsub(r: redis.Redis, topic: str) -> int:
     counts: list[tuple[bytes | str, int]] = r.pubsub_numsub(topic)
     return int(counts[0][1])
+
+
+async def test_the_named_publish_methods_refuse_bad_fields_as_encode_errors() -> None:
+    secret = "s3cr3t-named-publish"
+    async with EventPublisher("memory://named-publish-bad-fields") as publisher:
+        with pytest.raises(EventEncodeError) as bad_key:
+            await publisher.publish_key_submitted([secret], "token")  # type: ignore[arg-type]
+        with pytest.raises(EventEncodeError) as bad_profile:
+            await publisher.publish_profile_deleted([1, 2])  # type: ignore[arg-type]
+        with pytest.raises(EventEncodeError):
+            await publisher.publish_profile_created(1, {}, timestamp="not a time")
+
+    assert bad_key.value.topic == "key_submission"
+    assert "key_value" in str(bad_key.value)
+    assert secret not in str(bad_key.value)
+    assert bad_profile.value.topic == "profile_events"
+    assert "profile_id" in str(bad_profile.value)

@@ -13,7 +13,7 @@ import functools
 import math
 import re
 from collections.abc import Mapping
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic.json_schema import DEFAULT_REF_TEMPLATE
@@ -43,6 +43,7 @@ DecodedEvent: TypeAlias = BaseModel | dict[str, Any]
 _PLAIN_OBJECT: TypeAdapter[dict[str, Any]] = TypeAdapter(dict[str, Any])
 # What a decoded event may be: a tuple checks faster than a union type.
 _OBJECT_TYPES = (BaseModel, dict)
+_M = TypeVar("_M", bound=BaseModel)
 _MAX_REASONS = 3
 _NOT_FINITE = "numbers must be finite (no NaN, Infinity or out-of-range values)"
 # A float overflows only past 1.8e308: that takes a literal NaN or Infinity,
@@ -306,6 +307,21 @@ class EventRegistry:
         except PydanticSerializationError as exc:
             reason = f"not JSON-serializable ({_first_line(exc)})"
             raise EventEncodeError(reason, topic=topic) from None
+
+
+def build_event(topic: str, model: type[_M], /, **fields: Any) -> _M:
+    """Return ``model(**fields)``, for an event to be published on ``topic``.
+
+    Raises:
+        EventEncodeError: The fields do not fit the model; the reason names
+            the fields, never their values.
+    """
+    try:
+        return model(**fields)
+    except ValidationError as exc:
+        raise EventEncodeError(_describe(exc), topic=topic) from None
+    except Exception as exc:
+        raise EventEncodeError(_validator_failed(exc), topic=topic) from None
 
 
 def _has_float_schema(schema: object) -> bool:

@@ -23,7 +23,7 @@ from redis_events._envelope import add_to_json, to_fields
 from redis_events._keys import DATA_FIELD, stream_key
 from redis_events._packed import publish_packed
 from redis_events._topology import is_cluster
-from redis_events.codec import validate_topic
+from redis_events.codec import build_event, validate_topic
 from redis_events.events import (
     KeySubmitted,
     ProfileCreated,
@@ -319,15 +319,25 @@ class EventPublisher(Endpoint):
         self, key_value: str, token_name: str, **fields: Any
     ) -> int | str:
         """Publish a ``key_submitted`` event to ``key_submission``."""
-        event = KeySubmitted(key_value=key_value, token_name=token_name, **fields)
+        event = build_event(
+            c.KEY_SUBMISSION_TOPIC,
+            KeySubmitted,
+            key_value=key_value,
+            token_name=token_name,
+            **fields,
+        )
         return await self.publish(c.KEY_SUBMISSION_TOPIC, event)
 
     async def publish_profile_created(
         self, profile_id: int | str, profile_data: Mapping[str, Any], **fields: Any
     ) -> int | str:
         """Publish a ``profile_created`` event to ``profile_events``."""
-        event = ProfileCreated(
-            profile_id=profile_id, profile_data=dict(profile_data), **fields
+        event = build_event(
+            c.PROFILE_EVENTS_TOPIC,
+            ProfileCreated,
+            profile_id=profile_id,
+            profile_data=dict(profile_data),
+            **fields,
         )
         return await self.publish(c.PROFILE_EVENTS_TOPIC, event)
 
@@ -335,8 +345,12 @@ class EventPublisher(Endpoint):
         self, profile_id: int | str, profile_data: Mapping[str, Any], **fields: Any
     ) -> int | str:
         """Publish a ``profile_updated`` event to ``profile_events``."""
-        event = ProfileUpdated(
-            profile_id=profile_id, profile_data=dict(profile_data), **fields
+        event = build_event(
+            c.PROFILE_EVENTS_TOPIC,
+            ProfileUpdated,
+            profile_id=profile_id,
+            profile_data=dict(profile_data),
+            **fields,
         )
         return await self.publish(c.PROFILE_EVENTS_TOPIC, event)
 
@@ -344,7 +358,9 @@ class EventPublisher(Endpoint):
         self, profile_id: int | str, **fields: Any
     ) -> int | str:
         """Publish a ``profile_deleted`` event to ``profile_events``."""
-        event = ProfileDeleted(profile_id=profile_id, **fields)
+        event = build_event(
+            c.PROFILE_EVENTS_TOPIC, ProfileDeleted, profile_id=profile_id, **fields
+        )
         return await self.publish(c.PROFILE_EVENTS_TOPIC, event)
 
     def get_stats(self) -> dict[str, int]:
