@@ -281,8 +281,48 @@ def test_unreachable_redis_exits_2_with_one_line_naming_the_address(
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith("python -m redis_events.processor: error: ")
     assert shown.format(port=port) in lines[0]
+    assert lines[0].endswith(
+        "check that Redis runs there, or give the right URL (--redis-url or REDIS_URL)"
+    )
     assert "Traceback" not in done.stderr + done.stdout
     assert PASSWORD not in done.stderr + done.stdout
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "expected"),
+    [
+        ("--concurrency", "0", "expected a whole number, 1 or more, got '0'"),
+        ("--concurrency", "x", "expected a whole number, 1 or more, got 'x'"),
+        ("--stats-interval", "-1", "expected a number of seconds, 0 or more, got '-1'"),
+        (
+            "--stats-interval",
+            "nan",
+            "expected a number of seconds, 0 or more, got 'nan'",
+        ),
+        (
+            "--metrics-port",
+            "70000",
+            "expected a port from 0 to 65535 (0 = off), got '70000'",
+        ),
+    ],
+)
+def test_an_out_of_range_flag_exits_2_naming_the_flag(
+    flag: str, value: str, expected: str
+) -> None:
+    done = subprocess.run(
+        [*PROCESSOR, flag, value],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=clean_environment(),
+        check=False,
+    )
+
+    assert done.returncode == 2
+    last = done.stderr.strip().splitlines()[-1]
+    assert (
+        last == f"python -m redis_events.processor: error: argument {flag}: {expected}"
+    )
 
 
 def test_serve_reports_an_unreachable_redis_as_an_error_line_and_exits_2() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Annotated
 
@@ -118,7 +119,7 @@ def build_parser(prog: str = MODULE_PROG) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--concurrency",
-        type=int,
+        type=_positive_int,
         dest="max_concurrency",
         help="handlers running at once (env REDIS_EVENTS_MAX_CONCURRENCY; "
         f"default {c.DEFAULT_MAX_CONCURRENCY})",
@@ -160,13 +161,13 @@ def build_parser(prog: str = MODULE_PROG) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--stats-interval",
-        type=float,
+        type=_seconds,
         help="seconds between stats log lines, 0 = off "
         "(env REDIS_EVENTS_STATS_INTERVAL; default 60)",
     )
     parser.add_argument(
         "--metrics-port",
-        type=int,
+        type=_port,
         metavar="PORT",
         help="serve Prometheus metrics on /metrics and a health check on "
         "/healthz at this port, 0 = off (env REDIS_EVENTS_METRICS_PORT; "
@@ -179,6 +180,45 @@ def build_parser(prog: str = MODULE_PROG) -> argparse.ArgumentParser:
         "REDIS_EVENTS_METRICS_HOST; default 127.0.0.1, this machine only)",
     )
     return parser
+
+
+def _positive_int(text: str) -> int:
+    """An argparse type: a whole number, 1 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+
+    if value < 1:
+        msg = f"expected a whole number, 1 or more, got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+def _seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds, 0 or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+
+    if not 0 <= value < math.inf:  # also refuses NaN
+        msg = f"expected a number of seconds, 0 or more, got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+def _port(text: str) -> int:
+    """An argparse type: a TCP port, or 0 for none."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+
+    if not 0 <= value <= 65535:
+        msg = f"expected a port from 0 to 65535 (0 = off), got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
 
 
 def main(argv: Sequence[str] | None = None, *, prog: str = MODULE_PROG) -> int:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from redis_events._log_format import error_prefix
-from redis_events.exceptions import RedisEventsError
+from redis_events.exceptions import RedisEventsError, RedisUnavailableError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine
@@ -128,6 +128,12 @@ async def _run(
         task_group.start_soon(_cancel_on, stopping, task_group.cancel_scope)
         try:
             await processor.connect()
+        except RedisUnavailableError as exc:
+            # What the operator can do: the same advice as every CLI command.
+            error = RedisUnavailableError(
+                f"{exc}; check that Redis runs there, or give the right URL "
+                "(--redis-url or REDIS_URL)"
+            )
         except RedisEventsError as exc:
             error = exc
         finally:
