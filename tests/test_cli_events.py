@@ -84,7 +84,8 @@ def test_publish_on_pubsub_sends_the_validated_event_and_redacts_the_output(
         messages = raw.messages
 
     assert result.exit_code == 0, result.output
-    assert "received by 1 subscribers" in result.output
+    assert "received by 1 subscriber" in result.output
+    assert "1 subscribers" not in result.output
     assert SECRET not in result.output
     assert "**********" in result.output
     printed = json.loads(as_json.output)

@@ -159,8 +159,22 @@ def test_an_unknown_topic_exits_2_and_an_unreachable_redis_1_with_what_to_do(
     )
     down = invoke("top", "--once", "--redis-url", f"redis://127.0.0.1:{free_port()}/0")
 
+    unknown_letters = invoke(
+        "dead-letters", "list", f"{uid}-nothing", "--redis-url", redis_url
+    )
+    no_count = invoke(
+        "dead-letters", "list", f"{uid}-any", "--count", "0", "--redis-url", redis_url
+    )
+
     assert unknown.exit_code == 2
     assert f"unknown topic '{uid}-nothing'" in unknown.output
+    # groups may leave the topic out; dead-letters list may not.
+    assert "leave the topic out to list every topic" in unknown.output
+    assert unknown_letters.exit_code == 2
+    assert f"unknown topic '{uid}-nothing'" in unknown_letters.output
+    assert "leave the topic out" not in unknown_letters.output
+    assert no_count.exit_code == 2
+    assert "'--count'" in no_count.output
     assert down.exit_code == 1
     assert "is unavailable" in down.output
     assert bad_id.exit_code == 2

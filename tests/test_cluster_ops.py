@@ -256,7 +256,7 @@ def test_tail_publish_and_replay_on_shard_channels_and_streams(
 
     assert all(r.exit_code == 0 for r in sent + appended)
     # SPUBLISH counts the shard's subscribers: tail's own on each master.
-    assert all("received by 1 subscribers" in r.output for r in sent)
+    assert all("received by 1 subscriber" in r.output for r in sent)
     assert pubsub_code == 0, on_pubsub.stderr
     shown = [json.loads(line) for line in on_pubsub.stdout.splitlines()]
     assert sorted(e["topic"] for e in shown) == sorted(channels)
@@ -305,7 +305,7 @@ def test_groups_publish_and_tail_through_sentinel(
     code = tail.wait()
 
     assert (sent.exit_code, appended.exit_code) == (0, 0), sent.output + appended.output
-    assert "received by 1 subscribers" in sent.output
+    assert "received by 1 subscriber" in sent.output
     assert code == 0, tail.stderr
     assert json.loads(tail.stdout)["event"]["n"] == 1
     assert groups.exit_code == 0, groups.output

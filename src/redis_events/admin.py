@@ -384,11 +384,15 @@ class EventAdmin(Endpoint):
             return await self.topics()
 
         for topic in topics:
-            await self._require(topic)
+            await self._require(topic, optional=True)
 
         return list(topics)
 
-    async def _require(self, topic: str) -> None:
+    async def _require(self, topic: str, *, optional: bool = False) -> None:
+        """Raise unless ``topic`` has a stream or dead letters.
+
+        ``optional``: the caller may leave the topic out, and the error says so.
+        """
         keys = (stream_key(topic), dead_letter_key(topic))
         with self._translated("EXISTS", topic):
             known = await self._client.exists(*keys)
@@ -397,8 +401,10 @@ class EventAdmin(Endpoint):
             msg = (
                 f"unknown topic {topic!r}: neither {keys[0]} nor {keys[1]} exists "
                 f"at {self.settings.masked_url}; check the name (and the database "
-                "in the URL), or leave the topic out to list every topic"
+                "in the URL)"
             )
+            if optional:
+                msg += ", or leave the topic out to list every topic"
             raise ConfigurationError(msg)
 
     @contextmanager

@@ -102,7 +102,7 @@ def publish(
         printer.event(
             topic,
             published,
-            note=f"received by {result} subscribers",
+            note=f"received by {result} subscriber{'' if result == 1 else 's'}",
             fields={"transport": "pubsub", "receivers": result},
         )
 

@@ -113,7 +113,13 @@ def dead_letters() -> None:
 
 @dead_letters.command("list")
 @click.argument("topic")
-@click.option("--count", default=100, show_default=True, help="At most this many.")
+@click.option(
+    "--count",
+    default=100,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="At most this many.",
+)
 @click.option("--after", metavar="ID", help="Start after this dead-letter id.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (data redacted).")
 @redis_url_option
