@@ -251,7 +251,7 @@ def test_an_unknown_log_level_is_a_usage_error() -> None:
 
 
 @pytest.mark.redis
-async def test_a_reclaim_and_a_dead_letter_are_logged_with_event_and_group_fields(
+async def test_a_reclaim_a_failure_and_a_dead_letter_are_logged_with_group_fields(
     redis_url: str, r: redis.Redis, uid: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     topic, group = f"{uid}:logged", f"{uid}-logged"
@@ -302,6 +302,16 @@ async def test_a_reclaim_and_a_dead_letter_are_logged_with_event_and_group_field
         "consumer": "rescuer",
         "reason": "handler failed 2 times",
     }
+    failures = [vars(x) for x in caplog.records if " failed on topic " in x.message]
+    assert len(failures) == 1, caplog.text  # its second delivery, after the claim
+    for failure in failures:
+        assert {name: failure[name] for name in EVENT_FIELDS if name != "reason"} == {
+            "topic": topic,
+            "event_id": "id-1",
+            "event_type": "tested",
+            "group": group,
+            "consumer": "rescuer",
+        }
 
 
 @pytest.mark.redis

@@ -14,7 +14,7 @@ import inspect
 import logging
 import math
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Mapping
 from typing import TYPE_CHECKING, TypeAlias
 
 import anyio
@@ -80,8 +80,11 @@ class HandlerCalls:
         handler_timeout: float | None,
         stats: Stats,
         on_outcome: Callable[[Delivery, Outcome], None] | None,
+        log_fields: Mapping[str, str] | None = None,
     ) -> None:
         self._handler_timeout = handler_timeout or math.inf
+        # Logged with every call's own fields: a stream's group and consumer.
+        self._log_fields = dict(log_fields or {})
         self._stats = stats
         self._on_outcome = on_outcome
         # The workers whose calls the watch times, and the watch's scope.
@@ -188,7 +191,7 @@ class HandlerCalls:
             delivery.topic,
             delivery.event_id,
             exc_info=exc,
-            extra=delivery.log_fields(),
+            extra=self._fields(delivery),
         )
         return Outcome.FAILED
 
@@ -203,7 +206,7 @@ class HandlerCalls:
             self._handler_timeout,
             delivery.topic,
             delivery.event_id,
-            extra=delivery.log_fields(),
+            extra=self._fields(delivery),
         )
         return Outcome.TIMED_OUT
 
@@ -217,7 +220,7 @@ class HandlerCalls:
             self._handler_timeout,
             delivery.topic,
             delivery.event_id,
-            extra={"topic": delivery.topic, "event_id": delivery.event_id},
+            extra=self._fields(delivery),
         )
 
     def _cancelled(self, job: Job) -> None:
@@ -228,7 +231,7 @@ class HandlerCalls:
             _name(handler),
             delivery.topic,
             delivery.event_id,
-            extra=delivery.log_fields(),
+            extra=self._fields(delivery),
         )
         self._report(delivery, Outcome.CANCELLED)
 
@@ -245,9 +248,13 @@ class HandlerCalls:
             _name(handler),
             delivery.topic,
             delivery.event_id,
-            extra={"topic": delivery.topic, "event_id": delivery.event_id},
+            extra=self._fields(delivery),
         )
         self._report(delivery, Outcome.NOT_STARTED)
+
+    def _fields(self, delivery: Delivery) -> dict[str, str]:
+        """Return the log fields of a call: the event's and the session's."""
+        return delivery.log_fields() | self._log_fields
 
     def _report(self, delivery: Delivery, outcome: Outcome) -> None:
         if self._on_outcome is not None:

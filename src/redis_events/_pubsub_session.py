@@ -56,6 +56,10 @@ class PubSubSession:
         """Nothing: pub/sub has no delivery to acknowledge."""
         return None
 
+    def log_fields(self) -> dict[str, str]:
+        """Nothing: pub/sub has no group, and the topic is the event's own."""
+        return {}
+
     async def connect(self) -> None:
         """Subscribe to the router's channels and patterns, and connect.
 

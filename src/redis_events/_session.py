@@ -41,6 +41,9 @@ class Session(Protocol):
     def on_outcome(self) -> Callable[[Delivery, Outcome], None] | None:
         """What the dispatcher reports each outcome to, if anything."""
 
+    def log_fields(self) -> dict[str, str]:
+        """What every handler's log line of this session carries, for ``extra=``."""
+
     async def connect(self) -> None:
         """Reach Redis and set up what reading needs.
 

@@ -99,6 +99,10 @@ class StreamSession:
         """The consumer's ``settle``: it acknowledges, retries or dead-letters."""
         return self.consumer.settle
 
+    def log_fields(self) -> dict[str, str]:
+        """The group and this consumer's name."""
+        return self.consumer.log_fields()
+
     async def connect(self) -> None:
         """Create the consumer groups.
 

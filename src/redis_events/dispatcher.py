@@ -28,7 +28,7 @@ from redis_events._delivery import Delivery, Handler, Outcome, Stats
 from redis_events._handler_calls import HandlerCalls, Job, Worker, current_delivery
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Hashable
+    from collections.abc import AsyncIterator, Callable, Hashable, Mapping
 
 __all__ = [
     "Delivery",
@@ -73,9 +73,13 @@ class Dispatcher(HandlerCalls):
         shutdown_timeout: float,
         stats: Stats,
         on_outcome: Callable[[Delivery, Outcome], None] | None = None,
+        log_fields: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(
-            handler_timeout=handler_timeout, stats=stats, on_outcome=on_outcome
+            handler_timeout=handler_timeout,
+            stats=stats,
+            on_outcome=on_outcome,
+            log_fields=log_fields,
         )
         self._limit = max_concurrency
         self._shutdown_timeout = shutdown_timeout

@@ -300,6 +300,7 @@ class EventSubscriber(Subscriptions):
             shutdown_timeout=self.settings.shutdown_timeout,
             stats=self._stats,
             on_outcome=session.on_outcome,
+            log_fields=session.log_fields(),
         )
         read_scope = self._read_scope = anyio.CancelScope()
         if self._stop_requested:
