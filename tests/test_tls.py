@@ -23,6 +23,7 @@ import pytest
 import redis
 
 from redis_events import (
+    ConfigurationError,
     EventPublisher,
     EventSubscriber,
     PermissionDeniedError,
@@ -351,11 +352,30 @@ async def test_verification_stays_on_by_default_and_rejects_an_unknown_ca(
     tls_optional_server: TLSRedisServer,
 ) -> None:
     # The same server and no CA, but ssl_cert_reqs left at "required": the
-    # test CA is not trusted, so the handshake must fail.
-    pub = EventPublisher(tls_optional_server.url)
-    with pytest.raises(RedisUnavailableError) as caught:
+    # test CA is not trusted, so the handshake must fail, and a certificate
+    # that is not trusted now will not be on a retry: no retry.
+    pub = EventPublisher(tls_optional_server.url, publish_retry_timeout=30)
+    with pytest.raises(ConfigurationError) as connecting:
         await pub.connect()
 
+    with pytest.raises(ConfigurationError) as publishing:
+        await pub.publish("tls-untrusted", {"n": 1})
+
     await pub.close()
-    assert isinstance(caught.value.__cause__, redis.ConnectionError)
-    assert "certificate verify failed" in str(caught.value)
+    assert isinstance(connecting.value.__cause__, redis.ConnectionError)
+    for error in (connecting.value, publishing.value):
+        assert "did not pass verification (self-signed certificate in" in str(error)
+        assert "set ssl_ca_certs to the CA that signed it" in str(error)
+    assert "topic 'tls-untrusted'" in str(publishing.value)
+    assert pub.get_stats()["publish_retries"] == 0
+    assert pub.get_stats()["publish_failures"] == 1
+    for transport in TRANSPORTS:
+        sub = EventSubscriber(tls_optional_server.url, transport=transport)
+
+        @sub.on("tls-untrusted")
+        async def never(topic: str, event: object) -> None:
+            raise AssertionError("no event can arrive without a connection")
+
+        with pytest.raises(ConfigurationError, match="did not pass verification"):
+            async with sub:
+                pass

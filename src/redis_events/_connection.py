@@ -7,6 +7,7 @@ above it sees only ``redis_events.exceptions``.
 from __future__ import annotations
 
 import logging
+import ssl
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
@@ -185,6 +186,15 @@ def translate_error(
             f"{operation}{where} ({kind}); check the username and password"
         )
 
+    refused = _refused_certificate(exc)
+    if refused is not None:
+        return ConfigurationError(
+            f"{operation}{where} failed: the TLS certificate of Redis at {address} "
+            f"did not pass verification ({refused.verify_message}); set "
+            "ssl_ca_certs to the CA that signed it, and connect by a name the "
+            "certificate was issued for"
+        )
+
     if isinstance(exc, redis_errors.RedisClusterUnreachableError):
         return RedisUnavailableError(
             f"{operation}{where} failed: no node of the Redis Cluster at {address} "
@@ -209,7 +219,24 @@ def translate_error(
 
 def is_retryable(exc: BaseException) -> bool:
     """Tell whether ``exc`` may heal on a new connection."""
-    return isinstance(exc, RETRYABLE_ERRORS) and not isinstance(exc, _PERMANENT_ERRORS)
+    return (
+        isinstance(exc, RETRYABLE_ERRORS)
+        and not isinstance(exc, _PERMANENT_ERRORS)
+        and _refused_certificate(exc) is None
+    )
+
+
+def _refused_certificate(exc: BaseException) -> ssl.SSLCertVerificationError | None:
+    """Return the TLS verification failure behind ``exc``, if it is one.
+
+    redis-py raises a ConnectionError from the OSError of the handshake; a
+    certificate the client does not trust stays untrusted on every retry.
+    """
+    for error in (exc, exc.__cause__):
+        if isinstance(error, ssl.SSLCertVerificationError):
+            return error
+
+    return None
 
 
 class Backoff:

@@ -115,6 +115,7 @@ class EventPublisher(Endpoint):
         Raises:
             RedisUnavailableError: Redis cannot be reached.
             PermissionDeniedError: Redis refused the credentials.
+            ConfigurationError: The server's TLS certificate is not trusted.
         """
         client = self._ensure_client()
         try:
