@@ -22,7 +22,7 @@ from redis_events._keys import DATA_FIELD, stream_key
 from redis_events.events import KeySubmitted
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable
 
 # What the library reads per XREADGROUP by default, and so does raw.
 READ_COUNT = 100
@@ -68,10 +68,12 @@ class AckClock:
     """When the last event received was acknowledged.
 
     The watch starts polling the acknowledgement count only once the tally
-    is complete, so it costs nothing while events flow.
+    is complete, so it costs nothing while events flow. ``acked`` is a
+    coroutine function, so that a side whose acknowledgements show only at
+    the server can ask the server.
     """
 
-    def __init__(self, tally: Tally, acked: Callable[[], int]) -> None:
+    def __init__(self, tally: Tally, acked: Callable[[], Awaitable[int]]) -> None:
         self.tally = tally
         self.acked = acked
         self.end_ns = 0
@@ -92,8 +94,12 @@ class AckClock:
 
     async def _stamp(self) -> None:
         stalled_at = time.monotonic() + STALL_SECONDS
-        # Polled: the library's acknowledgements show only in its counters.
-        while self.acked() < self.tally.received and time.monotonic() < stalled_at:  # noqa: ASYNC110
+        # Polled: acknowledgements show only in the library's counters, or
+        # at the server.
+        while time.monotonic() < stalled_at:
+            if await self.acked() >= self.tally.received:
+                break
+
             await anyio.sleep(0.0005)
 
         self.end_ns = time.perf_counter_ns()
@@ -122,9 +128,12 @@ async def ours_streams(url: str, job: Job) -> Sample:
     async def handle(topic: str, event: KeySubmitted) -> None:
         record(event)
 
+    async def acked() -> int:
+        return subscriber.get_stats()["acked"]
+
     await feeder.ready()
     start = time.perf_counter_ns()
-    clock = AckClock(tally, lambda: subscriber.get_stats()["acked"])
+    clock = AckClock(tally, acked)
     async with anyio.create_task_group() as tg:
         await tg.start(subscriber.run)
         tg.start_soon(clock.watch)
@@ -163,10 +172,13 @@ async def raw_streams(url: str, job: Job) -> Sample:
                 await client.xack(key, group, *ids)
                 acked += len(ids)
 
+    async def acked_count() -> int:
+        return acked
+
     await feeder.ready()
     start = time.perf_counter_ns()
     await client.xgroup_create(job.key, group, id="0", mkstream=True)
-    clock = AckClock(tally, lambda: acked)
+    clock = AckClock(tally, acked_count)
     async with anyio.create_task_group() as tg:
         tg.start_soon(consume)
         tg.start_soon(clock.watch)

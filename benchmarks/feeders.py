@@ -38,7 +38,8 @@ class Feed:
     """What the feeder process sends, and how.
 
     ``target`` is a channel (PUBLISH) or, with ``stream``, a stream key
-    (XADD, the event in field ``data``). A ``rate`` sends the events one at a
+    (XADD, the event in the entry's ``field``, the library's ``data`` unless
+    a side reads another one). A ``rate`` sends the events one at a
     time on schedule, with the send time (``perf_counter_ns``, a clock shared
     by every process on Linux) in ``event_id``; otherwise they go in
     pipelines of ``BATCH``, at most ``window`` of them unreceived (``None``:
@@ -52,6 +53,7 @@ class Feed:
     rate: int | None = None
     window: int | None = FLOW_WINDOW
     backlog: bool = False
+    field: bytes | str = DATA_FIELD
 
 
 def feed(plan: Feed, received: Any, go: ProcessEvent, results: Connection) -> None:
@@ -75,7 +77,7 @@ def feed(plan: Feed, received: Any, go: ProcessEvent, results: Connection) -> No
 def send(client: redis.Redis, plan: Feed, payload: bytes) -> None:
     """Send one event to the feed's channel or stream."""
     if plan.stream:
-        client.xadd(plan.target, {DATA_FIELD: payload})
+        client.xadd(plan.target, {plan.field: payload})
     else:
         client.publish(plan.target, payload)
 

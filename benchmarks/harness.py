@@ -1,9 +1,10 @@
 """What every benchmark case shares: sizes, samples, the server and the rounds.
 
-A case is one job done twice, by redis-events ("ours") and by hand-written
-redis-py ("raw"). ``run_cases`` runs each case's two sides alternately,
-``measure`` records one side's CPU time and memory, and ``own_server`` gives
-the run a throwaway ``redis-server``.
+A case is one job done by redis-events ("ours"), by hand-written redis-py
+("raw") and, where the ``bench`` extra is installed, by FastStream
+("faststream"). ``run_cases`` runs each case's sides alternately, ``measure``
+records one side's CPU time and memory, and ``own_server`` gives the run a
+throwaway ``redis-server``.
 """
 
 from __future__ import annotations
@@ -123,11 +124,13 @@ SideRunner: TypeAlias = "Callable[[str, Sizes], Awaitable[Sample]]"
 
 @dataclass(frozen=True)
 class Case:
-    """One benchmark: the same job done by redis-events and by raw redis-py.
+    """One benchmark: the same job done by redis-events, raw redis-py, FastStream.
 
     ``isolated`` runs each side in a fresh process, so that its memory
     figures owe nothing to earlier cases. ``server_config`` is applied with
     CONFIG SET for this case only and needs the bench's own server.
+    ``faststream`` is set only where the ``bench`` extra is installed and
+    FastStream has a way to do the job (see ``cases_faststream``).
     """
 
     key: str
@@ -138,6 +141,15 @@ class Case:
     latency_of: str | None = None
     isolated: bool = False
     server_config: dict[str, str] = field(default_factory=dict)
+    faststream: SideRunner | None = None
+
+    def sides(self) -> dict[str, SideRunner]:
+        """Return the sides to run, by name, in the order they run."""
+        sides = {"ours": self.ours, "raw": self.raw}
+        if self.faststream is not None:
+            sides["faststream"] = self.faststream
+
+        return sides
 
 
 def new_event() -> KeySubmitted:
@@ -312,24 +324,26 @@ async def server_config(url: str, settings: dict[str, str]) -> AsyncIterator[Non
 
 # The rounds.
 
-Results: TypeAlias = dict[str, tuple[list[Sample], list[Sample]]]
+# Each case's samples by side ("ours", "raw", "faststream"), one per round.
+Results: TypeAlias = dict[str, dict[str, list[Sample]]]
 
 
 async def run_cases(url: str, sizes: Sizes, rounds: int, cases: list[Case]) -> Results:
-    """Run every case ``rounds`` times, ours then raw each time."""
-    results: Results = {case.name: ([], []) for case in cases}
+    """Run every case ``rounds`` times, each side in turn each time."""
+    results: Results = {
+        case.name: {side: [] for side in case.sides()} for case in cases
+    }
     for number in range(1, rounds + 1):
         for case in cases:
-            ours, raw = results[case.name]
+            samples = results[case.name]
             run = measure_isolated if case.isolated else measure
             async with server_config(url, case.server_config):
-                ours.append(await run(case.ours, url, sizes))
-                raw.append(await run(case.raw, url, sizes))
+                for side, runner in case.sides().items():
+                    samples[side].append(await run(runner, url, sizes))
 
-            print(
-                f"round {number}/{rounds}  {case.name:<30} "
-                f"ours {ours[-1].rate:>9,.0f}/s  raw {raw[-1].rate:>9,.0f}/s",
-                file=sys.stderr,
+            rates = "  ".join(
+                f"{side} {samples[side][-1].rate:>9,.0f}/s" for side in samples
             )
+            print(f"round {number}/{rounds}  {case.name:<30} {rates}", file=sys.stderr)
 
     return results

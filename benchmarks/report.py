@@ -13,6 +13,8 @@ import redis
 from harness import new_event, raw_encode
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from harness import Case, Results, Sample, Sizes
 
 
@@ -52,69 +54,111 @@ class Summary:
         )
 
 
-Summaries = dict[str, tuple[Summary, Summary]]
+# Each case's summaries by side ("ours", "raw", and "faststream" if measured).
+Summaries = dict[str, dict[str, Summary]]
 
 
 def summarize(results: Results) -> Summaries:
-    """Summarize both sides of every case."""
+    """Summarize every side of every case."""
     return {
-        name: (Summary.of(ours), Summary.of(raw))
-        for name, (ours, raw) in results.items()
+        name: {side: Summary.of(samples) for side, samples in sides.items()}
+        for name, sides in results.items()
     }
 
 
-def ratio(ours: float | None, raw: float | None) -> float | None:
-    """Return ``ours / raw`` when both are known."""
-    if ours is None or raw is None or raw == 0:
+def ratio(ours: float | None, other: float | None) -> float | None:
+    """Return ``ours / other`` when both are known."""
+    if ours is None or other is None or other == 0:
         return None
 
-    return ours / raw
+    return ours / other
 
 
-def pair(ours: float | None, raw: float | None, spec: str) -> str:
-    """Format an ours/raw pair of numbers."""
-    if ours is None or raw is None:
+def fixed(value: float | None, spec: str) -> str:
+    """Format a number, or "-" when it is unknown."""
+    return "-" if value is None else f"{value:{spec}}"
+
+
+def across(
+    summaries: list[Summary | None],
+    pick: Callable[[Summary], float | int | None],
+    spec: str,
+) -> str:
+    """Format one figure of every side as ``a / b [/ c]``.
+
+    A side without the figure (or not measured) shows "-"; the cell is a
+    single "-" when no side has it.
+    """
+    values = [pick(summary) if summary else None for summary in summaries]
+    if all(value is None for value in values):
         return "-"
 
-    return f"{ours:{spec}} / {raw:{spec}}"
+    return " / ".join(fixed(value, spec) for value in values)
 
 
-HEADER = [
-    "case",
-    "ours ev/s",
-    "raw ev/s",
-    "ours/raw",
-    "p50 ms ours / raw",
-    "p99 ms ours / raw",
-    "p99 ours/raw",
-    "lost ours / raw",
-    "CPU us/event ours / raw",
-    "peak RSS MB ours / raw",
-    "RSS growth MB ours / raw",
-]
+def header(sides: list[str]) -> list[str]:
+    """Return the header row for these sides."""
+    names = " / ".join("fs" if side == "faststream" else side for side in sides)
+    rates = ["ours ev/s", "raw ev/s", "ours/raw"]
+    if "faststream" in sides:
+        rates += ["faststream ev/s", "ours/faststream"]
+
+    return [
+        "case",
+        *rates,
+        f"p50 ms {names}",
+        f"p99 ms {names}",
+        "p99 ours/raw",
+        f"lost {names}",
+        f"CPU us/event {names}",
+        f"peak RSS MB {names}",
+        f"RSS growth MB {names}",
+    ]
+
+
+def measured_sides(summaries: Summaries) -> list[str]:
+    """Return the sides any case measured, in column order."""
+    sides = ["ours", "raw"]
+    if any("faststream" in case for case in summaries.values()):
+        sides.append("faststream")
+
+    return sides
 
 
 def table_rows(summaries: Summaries) -> list[list[str]]:
-    """Return the table, header first."""
-    rows = [HEADER]
-    for name, (ours, raw) in summaries.items():
-        rate_ratio = ratio(ours.rate, raw.rate)
-        p99_ratio = ratio(ours.p99_ms, raw.p99_ms)
-        rows.append(
-            [
-                name,
-                f"{ours.rate:,.0f}",
-                f"{raw.rate:,.0f}",
-                f"{rate_ratio:.2f}" if rate_ratio is not None else "-",
-                pair(ours.p50_ms, raw.p50_ms, ".3f"),
-                pair(ours.p99_ms, raw.p99_ms, ".3f"),
-                f"{p99_ratio:.2f}" if p99_ratio is not None else "-",
-                pair(ours.lost, raw.lost, "d"),
-                pair(ours.cpu_us, raw.cpu_us, ".1f"),
-                pair(ours.peak_rss_mb, raw.peak_rss_mb, ".1f"),
-                pair(ours.rss_growth_mb, raw.rss_growth_mb, ".1f"),
+    """Return the table, header first.
+
+    Where FastStream was measured for some cases, a case it was not
+    measured for shows "-" in its FastStream cells.
+    """
+    sides = measured_sides(summaries)
+    rows = [header(sides)]
+    for name, case in summaries.items():
+        ours, raw = case["ours"], case["raw"]
+        row = [
+            name,
+            f"{ours.rate:,.0f}",
+            f"{raw.rate:,.0f}",
+            fixed(ratio(ours.rate, raw.rate), ".2f"),
+        ]
+        if "faststream" in sides:
+            other = case.get("faststream")
+            row += [
+                fixed(other.rate if other else None, ",.0f"),
+                fixed(ratio(ours.rate, other.rate) if other else None, ".2f"),
             ]
-        )
+
+        present = [case.get(side) for side in sides]
+        row += [
+            across(present, lambda s: s.p50_ms, ".3f"),
+            across(present, lambda s: s.p99_ms, ".3f"),
+            fixed(ratio(ours.p99_ms, raw.p99_ms), ".2f"),
+            across(present, lambda s: s.lost, "d"),
+            across(present, lambda s: s.cpu_us, ".1f"),
+            across(present, lambda s: s.peak_rss_mb, ".1f"),
+            across(present, lambda s: s.rss_growth_mb, ".1f"),
+        ]
+        rows.append(row)
 
     return rows
 
@@ -149,6 +193,14 @@ GENERAL_NOTES = (
 )
 
 
+def faststream_version(cases: list[Case]) -> str | None:
+    """Return FastStream's version if any case measures it, else None."""
+    if not any(case.faststream for case in cases):
+        return None
+
+    return version("faststream")
+
+
 def describe(
     url: str, sizes: Sizes, rounds: int, cases: list[Case], *, own: bool
 ) -> dict[str, Any]:
@@ -172,6 +224,7 @@ def describe(
         "hiredis": version("hiredis"),
         "pydantic": version("pydantic"),
         "redis_events": version("redis-events"),
+        "faststream": faststream_version(cases),
         "server": "own, --save '' --appendonly no" if own else "given by --redis-url",
         "rounds": rounds,
         "sizes": asdict(sizes),
@@ -192,21 +245,27 @@ def print_report(summaries: Summaries, meta: dict[str, Any]) -> None:
         f"hiredis {meta['hiredis']}, pydantic {meta['pydantic']}, "
         f"{meta['event_bytes']}-byte events, {meta['rounds']} round(s)"
     )
+    if meta["faststream"]:
+        print(f"- FastStream {meta['faststream']} (the bench extra)")
+
     sizes = ", ".join(f"{name} {value:,}" for name, value in meta["sizes"].items())
     print(f"- sizes: {sizes} (slow_seconds: the slow-handler run time)")
 
 
 def document(summaries: Summaries, meta: dict[str, Any]) -> dict[str, Any]:
     """Return the results as a JSON-ready document."""
-    return {
-        "meta": meta,
-        "cases": {
-            name: {
-                "ours": asdict(ours),
-                "raw": asdict(raw),
-                "rate_ratio": ratio(ours.rate, raw.rate),
-                "p99_ratio": ratio(ours.p99_ms, raw.p99_ms),
-            }
-            for name, (ours, raw) in summaries.items()
-        },
-    }
+    cases = {}
+    for name, case in summaries.items():
+        ours, raw = case["ours"], case["raw"]
+        entry: dict[str, Any] = {
+            side: asdict(summary) for side, summary in case.items()
+        }
+        entry["rate_ratio"] = ratio(ours.rate, raw.rate)
+        entry["p99_ratio"] = ratio(ours.p99_ms, raw.p99_ms)
+        if other := case.get("faststream"):
+            entry["faststream_rate_ratio"] = ratio(ours.rate, other.rate)
+            entry["faststream_p99_ratio"] = ratio(ours.p99_ms, other.p99_ms)
+
+        cases[name] = entry
+
+    return {"meta": meta, "cases": cases}

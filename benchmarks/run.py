@@ -86,7 +86,7 @@ def main() -> int:
         text = json.dumps(document(summaries, meta), indent=2)
         arguments.json.write_text(text + "\n")
 
-    lost = sum(s.lost or 0 for both in summaries.values() for s in both)
+    lost = sum(s.lost or 0 for sides in summaries.values() for s in sides.values())
     return 1 if lost else 0
 
 
