@@ -9,8 +9,10 @@ Run from the project root::
 Without ``--redis-url`` a ``redis-server`` is started on a free loopback port
 (no persistence) and stopped by pid at the end. Each case runs redis-events
 ("ours") and a hand-written redis-py equivalent ("raw") in the same run,
-alternating ours, raw, ours, raw, ...; the table shows medians over rounds.
-The exit status is 1 when any event was lost.
+alternating ours, raw, ours, raw, ...; with FastStream installed (the
+``bench`` extra) the cases it can do also run a FastStream side after raw.
+The table shows medians over rounds. The exit status is 1 when any event
+was lost.
 
 The cases live in ``cases_*.py``; ``harness.py`` runs them, ``feeders.py``
 sends their events from a separate process, ``report.py`` prints the table.
@@ -22,7 +24,9 @@ import argparse
 import json
 import sys
 from contextlib import ExitStack
+from importlib.util import find_spec
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 import cases_memory
@@ -32,12 +36,28 @@ import cases_streams
 from harness import FULL, QUICK, own_server, run_cases
 from report import describe, document, print_report, summarize
 
-CASES = (
-    *cases_publish.CASES,
-    *cases_pubsub.CASES,
-    *cases_streams.CASES,
-    *cases_memory.CASES,
-)
+if TYPE_CHECKING:
+    from harness import Case
+
+
+def all_cases() -> tuple[Case, ...]:
+    """Return every case, with its FastStream side where FastStream is installed."""
+    cases = (
+        *cases_publish.CASES,
+        *cases_pubsub.CASES,
+        *cases_streams.CASES,
+        *cases_memory.CASES,
+    )
+    if find_spec("faststream") is None:
+        return cases
+
+    # Imported only here: without the bench extra there is no faststream.
+    import cases_faststream
+
+    return tuple(cases_faststream.attach(case) for case in cases)
+
+
+CASES = all_cases()
 
 
 def parse_arguments() -> argparse.Namespace:
