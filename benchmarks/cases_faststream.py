@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import anyio
+from cases_publish import time_batches, time_sends
 from cases_pubsub import pubsub_plan
 from cases_streams import (
     READ_COUNT,
@@ -38,7 +39,6 @@ from harness import (
     Case,
     Sample,
     Sizes,
-    new_event,
     raw_client,
     raw_encode,
     unique_name,
@@ -83,43 +83,32 @@ async def subscribed(client: Redis, channel: str) -> None:
 async def faststream_publish(url: str, sizes: Sizes) -> Sample:
     """Publish events one by one with ``RedisBroker.publish``."""
     channel = unique_name("publish")
-    latencies: list[int] = []
     async with new_broker(url) as broker:
-        start = time.perf_counter_ns()
-        for _ in range(sizes.publish):
-            event = new_event()
-            sent = time.perf_counter_ns()
+
+        async def send(event: KeySubmitted) -> None:
             await broker.publish(raw_encode(event), channel)
-            latencies.append(time.perf_counter_ns() - sent)
 
-        elapsed = time.perf_counter_ns() - start
-
-    return Sample(sizes.publish, elapsed / 1e9, latencies_ns=latencies)
+        return await time_sends(sizes.publish, send)
 
 
 async def faststream_publish_many(url: str, sizes: Sizes) -> Sample:
     """Publish batches: ``RedisBroker.publish`` into a redis-py pipeline."""
     channel = unique_name("publish_many")
-    latencies: list[int] = []
     client = raw_client(url)
     await client.ping()
     async with new_broker(url) as broker:
-        start = time.perf_counter_ns()
-        for _ in range(sizes.publish_many // BATCH):
-            events = [new_event() for _ in range(BATCH)]
-            sent = time.perf_counter_ns()
+
+        async def send(events: list[KeySubmitted]) -> None:
             async with client.pipeline(transaction=False) as pipe:
                 for event in events:
                     await broker.publish(raw_encode(event), channel, pipeline=pipe)
 
                 await pipe.execute()
 
-            latencies.append(time.perf_counter_ns() - sent)
-
-        elapsed = time.perf_counter_ns() - start
+        sample = await time_batches(sizes.publish_many, send)
 
     await client.aclose()
-    return Sample(len(latencies) * BATCH, elapsed / 1e9, latencies_ns=latencies)
+    return sample
 
 
 async def faststream_pubsub(url: str, sizes: Sizes, *, timed: bool = False) -> Sample:
