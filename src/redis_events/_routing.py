@@ -7,14 +7,15 @@ import logging
 from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any
 
+from redis_events._delivery import new_delivery
 from redis_events._envelope import split_json
 from redis_events.codec import DecodedEvent, EventRegistry, validate_topic
-from redis_events.dispatcher import Delivery, Dispatcher, Handler, Stats
 from redis_events.exceptions import ConfigurationError, EventDecodeError
 
 if TYPE_CHECKING:
     from redis_events._pubsub import PubSubReader
     from redis_events._pubsub_shared import Frame
+    from redis_events.dispatcher import Delivery, Dispatcher, Handler, Stats
 
 __all__ = ["OrderingKey", "Router"]
 
@@ -193,12 +194,8 @@ class Router:
         if event is None:
             return
 
-        delivery = Delivery(
-            topic=topic,
-            event=event,
-            pattern=frame.pattern.decode() if frame.pattern is not None else None,
-            trace_context=group.trace,
-        )
+        pattern = frame.pattern.decode() if frame.pattern is not None else None
+        delivery = new_delivery(topic, event, pattern, None, 1, group.trace)
         group.called.extend(todo)
         await self._submit(todo, delivery, group.key, reader, dispatcher)
 
@@ -218,7 +215,7 @@ class Router:
         if isinstance(event, EventDecodeError):
             return None
 
-        return list(handlers), Delivery(topic, event, trace_context=trace), key
+        return list(handlers), new_delivery(topic, event, None, None, 1, trace), key
 
     async def _submit(
         self,
