@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Container, Hashable
 from typing import TYPE_CHECKING, Any
 
 from redis_events._delivery import new_delivery
@@ -77,6 +77,11 @@ class Router:
         self._ordering: dict[str, Callable[[Any], Hashable]] = {}
         self._stats = stats
         self._group = _Group()
+
+    @property
+    def ordered(self) -> Container[str]:
+        """The topics that have an ordering key, as ``order_by()`` changes them."""
+        return self._ordering
 
     def order_by(self, topic: str, key: OrderingKey) -> None:
         """Handle events of ``topic`` with equal ``key`` one at a time, in order.

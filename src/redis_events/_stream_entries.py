@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from redis_events._delivery import new_delivery
-from redis_events._envelope import from_fields
+from redis_events._envelope import TRACEPARENT_FIELD, from_fields
 from redis_events._keys import DATA_FIELD, stream_key
 from redis_events._settle import Settler
 from redis_events.dispatcher import Delivery
@@ -189,7 +189,9 @@ class StreamEntries:
             self._reject(key, topic, entry_id, exc.reason, count)
             return None
 
-        return new_delivery(topic, event, None, entry_id, count, from_fields(fields))
+        # Most entries carry no trace context: no call to find none.
+        trace = from_fields(fields) if TRACEPARENT_FIELD in fields else None
+        return new_delivery(topic, event, None, entry_id, count, trace)
 
     def reject(self, delivery: Delivery, reason: str) -> None:
         """Count, log and dead-letter a delivery that cannot be handled."""
