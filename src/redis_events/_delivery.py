@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from redis_events.codec import DecodedEvent
     from redis_events.observers import EventObserver
 
-__all__ = ["Delivery", "Handler", "Outcome", "Stats"]
+__all__ = ["Delivery", "Handler", "Outcome", "Stats", "new_delivery"]
 
 Handler: TypeAlias = Callable[[str, Any], Awaitable[object] | object]
 
@@ -71,6 +71,39 @@ class Delivery:
             fields["event_type"] = self.event_type
 
         return fields
+
+
+# A frozen dataclass's __init__ sets each field through object.__setattr__,
+# which costs a third of a microsecond per event on the read path. The slots'
+# own descriptors set them directly; only new_delivery() uses them, on an
+# instance nobody else holds yet.
+_new = object.__new__
+_slots = vars(Delivery)
+_set_topic = _slots["topic"].__set__
+_set_event = _slots["event"].__set__
+_set_pattern = _slots["pattern"].__set__
+_set_delivery_id = _slots["delivery_id"].__set__
+_set_delivery_count = _slots["delivery_count"].__set__
+_set_trace_context = _slots["trace_context"].__set__
+
+
+def new_delivery(
+    topic: str,
+    event: DecodedEvent,
+    pattern: str | None,
+    delivery_id: str | None,
+    delivery_count: int,
+    trace_context: dict[str, str] | None,
+) -> Delivery:
+    """Return ``Delivery(...)`` of these fields, built without its ``__init__``."""
+    delivery: Delivery = _new(Delivery)
+    _set_topic(delivery, topic)
+    _set_event(delivery, event)
+    _set_pattern(delivery, pattern)
+    _set_delivery_id(delivery, delivery_id)
+    _set_delivery_count(delivery, delivery_count)
+    _set_trace_context(delivery, trace_context)
+    return delivery
 
 
 class Outcome(enum.Enum):

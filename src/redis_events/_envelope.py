@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from redis.typing import EncodableT, FieldT
 
 __all__ = [
+    "TRACEPARENT_FIELD",
     "TRACE_FIELDS",
     "TRACE_KEY",
     "add_to_json",
@@ -34,7 +35,8 @@ _ONLY_MEMBER = b'{"' + TRACE_KEY.encode() + b'":{'
 # The appended member is short (a traceparent is 55 characters, a tracestate
 # at most 512): only the end of a message is searched for it.
 _TAIL = 1024
-_TRACEPARENT = TRACE_FIELDS[0].encode()
+# The stream entry field whose presence means a trace context came along.
+TRACEPARENT_FIELD = TRACE_FIELDS[0].encode()
 _TRACESTATE = TRACE_FIELDS[1].encode()
 
 
@@ -101,7 +103,7 @@ def to_fields(context: dict[str, str]) -> dict[FieldT, EncodableT]:
 
 def from_fields(fields: dict[bytes, bytes]) -> dict[str, str] | None:
     """Return the trace context carried by a stream entry's fields, if any."""
-    parent = fields.get(_TRACEPARENT)
+    parent = fields.get(TRACEPARENT_FIELD)
     if parent is None:
         return None
 

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Container, Hashable
 from typing import TYPE_CHECKING, Any
 
+from redis_events._delivery import new_delivery
 from redis_events._envelope import split_json
 from redis_events.codec import DecodedEvent, EventRegistry, validate_topic
-from redis_events.dispatcher import Delivery, Dispatcher, Handler, Stats
 from redis_events.exceptions import ConfigurationError, EventDecodeError
 
 if TYPE_CHECKING:
     from redis_events._pubsub import PubSubReader
     from redis_events._pubsub_shared import Frame
+    from redis_events.dispatcher import Delivery, Dispatcher, Handler, Stats
 
 __all__ = ["OrderingKey", "Router"]
 
@@ -76,6 +77,11 @@ class Router:
         self._ordering: dict[str, Callable[[Any], Hashable]] = {}
         self._stats = stats
         self._group = _Group()
+
+    @property
+    def ordered(self) -> Container[str]:
+        """The topics that have an ordering key, as ``order_by()`` changes them."""
+        return self._ordering
 
     def order_by(self, topic: str, key: OrderingKey) -> None:
         """Handle events of ``topic`` with equal ``key`` one at a time, in order.
@@ -193,12 +199,8 @@ class Router:
         if event is None:
             return
 
-        delivery = Delivery(
-            topic=topic,
-            event=event,
-            pattern=frame.pattern.decode() if frame.pattern is not None else None,
-            trace_context=group.trace,
-        )
+        pattern = frame.pattern.decode() if frame.pattern is not None else None
+        delivery = new_delivery(topic, event, pattern, None, 1, group.trace)
         group.called.extend(todo)
         await self._submit(todo, delivery, group.key, reader, dispatcher)
 
@@ -218,7 +220,7 @@ class Router:
         if isinstance(event, EventDecodeError):
             return None
 
-        return list(handlers), Delivery(topic, event, trace_context=trace), key
+        return list(handlers), new_delivery(topic, event, None, None, 1, trace), key
 
     async def _submit(
         self,

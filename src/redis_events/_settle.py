@@ -14,7 +14,7 @@ from redis_events._connection import RETRYABLE_ERRORS, Backoff, translate_error
 from redis_events._keys import dead_letter_key
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, Iterable, Mapping
 
     from redis.asyncio import Redis
     from redis.asyncio.client import Pipeline
@@ -54,7 +54,6 @@ class Settler:
         self._settings = settings
         self._stats = stats
         self._consumer = consumer
-        self._fields: dict[tuple[str, str], dict[bytes, bytes]] = {}
         # Ids as bytes: redis-py sends bytes as they are, a str it checks
         # and encodes argument by argument.
         self._acks: dict[str, list[bytes]] = {}
@@ -69,17 +68,8 @@ class Settler:
         self.failed = anyio.Event()
         self.fatal: RedisEventsError | None = None
 
-    def remember(self, key: str, entry_id: str, fields: dict[bytes, bytes]) -> None:
-        """Keep an entry's fields while it is in flight, for a dead letter."""
-        self._fields[(key, entry_id)] = fields
-
-    def forget(self, key: str, entry_id: str) -> None:
-        """Drop what was kept of an entry that stays pending."""
-        self._fields.pop((key, entry_id), None)
-
     def ack(self, key: str, entry_id: str) -> None:
         """Queue an acknowledgement."""
-        self._fields.pop((key, entry_id), None)
         ids = self._acks.get(key)
         if ids is None:
             ids = self._acks[key] = []
@@ -95,17 +85,18 @@ class Settler:
         entry_id: str,
         reason: str,
         count: int,
+        fields: Mapping[bytes, bytes] | Iterable[tuple[bytes, bytes]] | None,
         *,
         event: Mapping[str, str] | None = None,
     ) -> None:
         """Queue a move to the dead-letter stream (with its acknowledgement).
 
+        ``fields`` are the entry's fields as read (kept in the dead letter);
         ``event`` holds what is known of the event (``event_id``,
         ``event_type``) for the log line.
         """
-        fields = self._fields.pop((key, entry_id), {})
         self._dead.append(
-            (key, topic, entry_id, reason, count, fields, {**(event or {})})
+            (key, topic, entry_id, reason, count, dict(fields or {}), {**(event or {})})
         )
         self._nudge()
 

@@ -43,7 +43,7 @@ class StreamClaims(StreamEntries):
         """Act on a finished delivery: ack, retry later, dead-letter or keep."""
         key = self._keys[delivery.topic]
         entry_id = delivery.delivery_id or ""
-        self._in_flight[key].discard(entry_id)
+        fields = self._in_flight[key].pop(entry_id, None)
         if outcome is Outcome.HANDLED:
             self.settler.ack(key, entry_id)
         elif outcome in (Outcome.FAILED, Outcome.TIMED_OUT):
@@ -55,6 +55,7 @@ class StreamClaims(StreamEntries):
                     entry_id,
                     reason,
                     delivery.delivery_count,
+                    fields,
                     event=delivery.log_fields(),
                 )
             else:
@@ -64,10 +65,8 @@ class StreamClaims(StreamEntries):
                     self._retries,
                     (due, key, entry_id, delivery.delivery_count + 1),
                 )
-        else:
-            # Cancelled or never started: left pending for this consumer's
-            # next start, or for another consumer's claim.
-            self.settler.forget(key, entry_id)
+        # Otherwise (cancelled or never started) it is left pending, for this
+        # consumer's next start or for another consumer's claim.
 
     async def keep_alive(self) -> None:
         """Keep this consumer's entries in flight from being claimed, forever.

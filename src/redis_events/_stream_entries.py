@@ -15,7 +15,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from redis_events._envelope import from_fields
+from redis_events._delivery import new_delivery
+from redis_events._envelope import TRACEPARENT_FIELD, from_fields
 from redis_events._keys import DATA_FIELD, stream_key
 from redis_events._settle import Settler
 from redis_events.dispatcher import Delivery
@@ -56,9 +57,9 @@ Entry = tuple[bytes | str, Fields | None]
 class StreamEntries:
     """Deliver the entries of ``topics`` read for one consumer of one group.
 
-    Every entry of a batch counts as in flight from the moment it is read
-    until its delivery is settled; what cannot be delivered is dead-lettered
-    or acknowledged here, through the ``settler``.
+    Every entry of a batch counts as in flight, its fields kept, from the
+    moment it is read until its delivery is settled; what cannot be delivered
+    is dead-lettered or acknowledged here, through the ``settler``.
     """
 
     def __init__(
@@ -80,7 +81,12 @@ class StreamEntries:
         self.consumer = consumer
         self.group = settings.group
         self.settler = Settler(client, settings, stats, consumer)
-        self._in_flight: dict[str, set[str]] = {key: set() for key in self._topics}
+        # Per stream, the entries in flight: id -> fields as read, kept for a
+        # dead letter. One dict, added to per batch and popped once per
+        # entry, is both the keep-alive's list and the dead letters' store.
+        self._in_flight: dict[str, dict[str, Fields | None]] = {
+            key: {} for key in self._topics
+        }
         self._missing_seen: set[tuple[str, str]] = set()
         self._max_deliveries = settings.max_deliveries
 
@@ -113,7 +119,7 @@ class StreamEntries:
         # The whole batch counts as in flight from now on, so that entries
         # waiting for a slot are kept fresh too and never claimed away.
         in_flight = self._in_flight[key]
-        in_flight.update(ids)
+        in_flight.update(zip(ids, [entry[1] for entry in entries], strict=True))
         topic = self._topics[key]
         prepare = self._prepare
         delivered = 0
@@ -128,8 +134,8 @@ class StreamEntries:
 
                 delivered += 1
         finally:
-            if delivered < len(ids):
-                in_flight.difference_update(ids[delivered:])
+            for entry_id in ids[delivered:]:
+                in_flight.pop(entry_id, None)
 
     async def _delivery_counts(self, key: str, ids: list[bytes]) -> dict[bytes, int]:
         async with self._client.pipeline(transaction=False) as pipe:
@@ -152,14 +158,13 @@ class StreamEntries:
         # redis-py turns the nil body of a deleted entry into {} (an XADD
         # always has at least one field), so an empty body means "gone".
         if not fields:
-            self._in_flight[key].discard(entry_id)
+            self._in_flight[key].pop(entry_id, None)
             self._missing(key, entry_id)
             return None
 
         if not isinstance(fields, dict):
             fields = dict(fields)
 
-        self.settler.remember(key, entry_id, fields)
         # TODO(stream-stats): this counts deliveries, so a retried entry is
         # received twice; a per-event count needs the delivery counter.
         stats = self._stats
@@ -174,8 +179,8 @@ class StreamEntries:
 
         if count > self._max_deliveries:
             reason = f"delivered {count} times, more than max_deliveries"
-            self._in_flight[key].discard(entry_id)
-            self.settler.dead_letter(key, topic, entry_id, reason, count)
+            self._in_flight[key].pop(entry_id, None)
+            self.settler.dead_letter(key, topic, entry_id, reason, count, fields)
             return None
 
         try:
@@ -184,7 +189,9 @@ class StreamEntries:
             self._reject(key, topic, entry_id, exc.reason, count)
             return None
 
-        return Delivery(topic, event, None, entry_id, count, from_fields(fields))
+        # Most entries carry no trace context: no call to find none.
+        trace = from_fields(fields) if TRACEPARENT_FIELD in fields else None
+        return new_delivery(topic, event, None, entry_id, count, trace)
 
     def reject(self, delivery: Delivery, reason: str) -> None:
         """Count, log and dead-letter a delivery that cannot be handled."""
@@ -199,7 +206,7 @@ class StreamEntries:
     def _reject(
         self, key: str, topic: str, entry_id: str, reason: str, count: int
     ) -> None:
-        self._in_flight[key].discard(entry_id)
+        fields = self._in_flight[key].pop(entry_id, None)
         self._stats.invalid_events += 1
         if self._stats.observer is not None:
             self._stats.observer.rejected(topic)
@@ -211,7 +218,9 @@ class StreamEntries:
             reason,
             extra=self.log_fields(topic=topic, entry_id=entry_id, reason=reason),
         )
-        self.settler.dead_letter(key, topic, entry_id, f"invalid: {reason}", count)
+        self.settler.dead_letter(
+            key, topic, entry_id, f"invalid: {reason}", count, fields
+        )
 
     def _missing(self, key: str, entry_id: str) -> None:
         # The entry was deleted (XDEL, trimming) while pending: nothing can

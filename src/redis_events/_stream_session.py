@@ -130,13 +130,14 @@ class StreamSession:
 
         # Looked up per entry: order_by() may change a topic's key at any time.
         channels, key_of = self._router.channels, self._router.key_of
+        ordered = self._router.ordered
         submit, submit_nowait = dispatcher.submit, dispatcher.submit_nowait
 
         def deliver(delivery: Delivery) -> Awaitable[None] | None:
             topic = delivery.topic
             handler = channels[topic][0]
             try:
-                key = key_of(topic, delivery.event)
+                key = key_of(topic, delivery.event) if topic in ordered else None
             except EventDecodeError as exc:
                 self.consumer.reject(delivery, exc.reason)
                 return None

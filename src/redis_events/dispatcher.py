@@ -344,10 +344,13 @@ class Dispatcher(HandlerCalls):
         # transport (which acknowledges) hears of it whatever an observer does.
         key = job[2]
         worker.job = None if key is None else self._next_for_key(key)
+        on_outcome = self._on_outcome
         try:
-            self._report(job[1], outcome)
+            if on_outcome is not None:
+                on_outcome(job[1], outcome)
         finally:
-            self._tell_observer(worker, job[1], outcome)
+            if worker.observed is not None:
+                self._tell_observer(worker, job[1], outcome)
 
     def _next_for_key(self, key: Hashable | None) -> Job | None:
         if key is None:
