@@ -584,3 +584,24 @@ async def _room_now(dispatcher: Dispatcher) -> int | None:
         return await dispatcher.room()
 
     return None
+
+
+def test_new_delivery_sets_every_field_the_dataclass_has() -> None:
+    # new_delivery() bypasses the frozen __init__ for speed; a field added to
+    # Delivery and not to new_delivery() would be left unset.
+    from dataclasses import fields
+
+    from redis_events._delivery import new_delivery
+
+    values = ("t", {"event_id": "e"}, "t*", "1-0", 3, {"traceparent": "00-x"})
+    built = new_delivery(*values)
+
+    assert [f.name for f in fields(Delivery)] == [
+        "topic",
+        "event",
+        "pattern",
+        "delivery_id",
+        "delivery_count",
+        "trace_context",
+    ]
+    assert built == Delivery(*values)
