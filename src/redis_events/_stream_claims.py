@@ -43,28 +43,36 @@ class StreamClaims(StreamEntries):
         """Act on a finished delivery: ack, retry later, dead-letter or keep."""
         key = self._keys[delivery.topic]
         entry_id = delivery.delivery_id or ""
-        fields = self._in_flight[key].pop(entry_id, None)
+        in_flight = self._in_flight[key]
+        retry = (
+            outcome in (Outcome.FAILED, Outcome.TIMED_OUT)
+            and delivery.delivery_count < self._settings.max_deliveries
+        )
+        if retry:
+            # It stays in flight until its retry: kept fresh by the
+            # keep-alive and skipped by our own XAUTOCLAIM, so no second copy
+            # of it runs here when retry_backoff is above claim_min_idle.
+            self._stats.add("retries")
+            due = anyio.current_time() + self._settings.retry_backoff
+            heapq.heappush(
+                self._retries, (due, key, entry_id, delivery.delivery_count + 1)
+            )
+            return
+
+        fields = in_flight.pop(entry_id, None)
         if outcome is Outcome.HANDLED:
             self.settler.ack(key, entry_id)
         elif outcome in (Outcome.FAILED, Outcome.TIMED_OUT):
-            if delivery.delivery_count >= self._settings.max_deliveries:
-                reason = f"handler {outcome.value} {delivery.delivery_count} times"
-                self.settler.dead_letter(
-                    key,
-                    delivery.topic,
-                    entry_id,
-                    reason,
-                    delivery.delivery_count,
-                    fields,
-                    event=delivery.log_fields(),
-                )
-            else:
-                self._stats.add("retries")
-                due = anyio.current_time() + self._settings.retry_backoff
-                heapq.heappush(
-                    self._retries,
-                    (due, key, entry_id, delivery.delivery_count + 1),
-                )
+            reason = f"handler {outcome.value} {delivery.delivery_count} times"
+            self.settler.dead_letter(
+                key,
+                delivery.topic,
+                entry_id,
+                reason,
+                delivery.delivery_count,
+                fields,
+                event=delivery.log_fields(),
+            )
         # Otherwise (cancelled or never started) it is left pending, for this
         # consumer's next start or for another consumer's claim.
 
@@ -104,6 +112,7 @@ class StreamClaims(StreamEntries):
             if not claimed:
                 # Already claimed and settled elsewhere, or deleted (Redis
                 # then drops it from the pending list itself): nothing to do.
+                self._in_flight[key].pop(entry_id, None)
                 logger.debug(
                     "Retry of %s on %s found nothing to claim",
                     entry_id,
