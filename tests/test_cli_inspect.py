@@ -22,6 +22,7 @@ from click.testing import CliRunner, Result
 
 from redis_events import EventPublisher, EventSubscriber
 from redis_events._keys import dead_letter_key, stream_key
+from redis_events._log_format import UNREACHABLE_HINT
 from redis_events.cli import main
 from tests.helpers import client_names, poll_until, wait_until
 from tests.redis_server import free_port
@@ -177,6 +178,7 @@ def test_an_unknown_topic_exits_2_and_an_unreachable_redis_1_with_what_to_do(
     assert "'--count'" in no_count.output
     assert down.exit_code == 1
     assert "is unavailable" in down.output
+    assert down.output.rstrip().endswith(UNREACHABLE_HINT)
     assert bad_id.exit_code == 2
     assert "'12-x' is not a stream entry id" in bad_id.output
 

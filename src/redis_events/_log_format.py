@@ -36,6 +36,12 @@ _JSON_FIELDS = ("levelname", "name", "message")
 _JSON_NAMES = {"levelname": "level", "name": "logger", "exc_info": "exception"}
 
 
+# What an operator can do when Redis does not answer, said by every command.
+UNREACHABLE_HINT = (
+    "check that Redis runs there, or give the right URL (--redis-url or REDIS_URL)"
+)
+
+
 def error_prefix(command: str) -> str:
     """Return what starts the text line of an error that ends ``command``.
 

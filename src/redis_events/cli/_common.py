@@ -20,7 +20,7 @@ import click
 from pydantic import BaseModel
 
 from redis_events import _constants as c
-from redis_events._log_format import error_prefix
+from redis_events._log_format import UNREACHABLE_HINT, error_prefix
 from redis_events.cli._logs import library_logs, say
 from redis_events.config import Settings
 from redis_events.events import REDACTED
@@ -163,7 +163,7 @@ def run(function: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) 
     except (EventError, ConfigurationError) as exc:
         fail(str(exc), EXIT_USAGE)
     except RedisUnavailableError as exc:
-        fail(f"{exc}; check that Redis runs there, or pass --redis-url", EXIT_REDIS)
+        fail(f"{exc}; {UNREACHABLE_HINT}", EXIT_REDIS)
     except RedisEventsError as exc:
         fail(str(exc), EXIT_REDIS)
 

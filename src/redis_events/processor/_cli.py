@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
+import sys
 from contextlib import AsyncExitStack
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import anyio
 from pydantic import Field, ValidationInfo, field_validator
@@ -182,43 +182,37 @@ def build_parser(prog: str = MODULE_PROG) -> argparse.ArgumentParser:
     return parser
 
 
-def _positive_int(text: str) -> int:
-    """An argparse type: a whole number, 1 or more."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-
-    if value < 1:
-        msg = f"expected a whole number, 1 or more, got {text!r}"
-        raise argparse.ArgumentTypeError(msg)
-    return value
+_N = TypeVar("_N", int, float)
 
 
-def _seconds(text: str) -> float:
-    """An argparse type: a finite number of seconds, 0 or more."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
+def _number_type(
+    kind: Callable[[str], _N], low: _N, high: _N, expected: str
+) -> Callable[[str], _N]:
+    """Return an argparse type: a number of ``kind`` from ``low`` to ``high``.
 
-    if not 0 <= value < math.inf:  # also refuses NaN
-        msg = f"expected a number of seconds, 0 or more, got {text!r}"
-        raise argparse.ArgumentTypeError(msg)
-    return value
+    A refused value (not a number, out of range, NaN or infinite) is named
+    with ``expected`` in argparse's error line for the flag.
+    """
+
+    def parse(text: str) -> _N:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+
+        if value is None or not low <= value <= high:  # NaN compares false
+            msg = f"expected {expected}, got {text!r}"
+            raise argparse.ArgumentTypeError(msg)
+        return value
+
+    return parse
 
 
-def _port(text: str) -> int:
-    """An argparse type: a TCP port, or 0 for none."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-
-    if not 0 <= value <= 65535:
-        msg = f"expected a port from 0 to 65535 (0 = off), got {text!r}"
-        raise argparse.ArgumentTypeError(msg)
-    return value
+_positive_int = _number_type(int, 1, sys.maxsize, "a whole number, 1 or more")
+_seconds = _number_type(
+    float, 0.0, sys.float_info.max, "a number of seconds, 0 or more"
+)
+_port = _number_type(int, 0, 65535, "a port from 0 to 65535 (0 = off)")
 
 
 def main(argv: Sequence[str] | None = None, *, prog: str = MODULE_PROG) -> int:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from redis_events._log_format import error_prefix
+from redis_events._log_format import UNREACHABLE_HINT, error_prefix
 from redis_events.exceptions import RedisEventsError, RedisUnavailableError
 
 if TYPE_CHECKING:
@@ -130,10 +130,7 @@ async def _run(
             await processor.connect()
         except RedisUnavailableError as exc:
             # What the operator can do: the same advice as every CLI command.
-            error = RedisUnavailableError(
-                f"{exc}; check that Redis runs there, or give the right URL "
-                "(--redis-url or REDIS_URL)"
-            )
+            error = RedisUnavailableError(f"{exc}; {UNREACHABLE_HINT}")
         except RedisEventsError as exc:
             error = exc
         finally:
