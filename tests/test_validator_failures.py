@@ -8,6 +8,7 @@ subscriber. Found by a hostile review (the timestamps and the ordering key).
 
 from __future__ import annotations
 
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -20,6 +21,8 @@ from redis_events.exceptions import EventDecodeError, EventEncodeError
 from tests.helpers import wait_until
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
     from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.redis
@@ -30,6 +33,24 @@ pytestmark = pytest.mark.redis
 LATE = "9999-12-31T23:59:59-23:59"
 EARLY = "0001-01-01T00:00:00+23:59"
 GOOD = '{"event_type":"profile_created","profile_id":2}'
+
+
+@asynccontextmanager
+async def running(subscriber: EventSubscriber) -> AsyncIterator[list[BaseException]]:
+    """Run ``subscriber`` through the block; yield what ended its run, if anything."""
+    failure: list[BaseException] = []
+
+    async def run() -> None:
+        try:
+            await subscriber.run()
+        except BaseException as exc:  # the tests assert that nothing did
+            failure.append(exc)
+
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run)
+            yield failure
+            await subscriber.stop()
 
 
 def _bad(timestamp: str) -> str:
@@ -58,24 +79,13 @@ async def test_pubsub_subscriber_survives_timestamp_overflow(
         handled.append(event)
 
     client = own_redis_server.client()
-    failure: list[BaseException] = []
-
-    async def run() -> None:
-        try:
-            await subscriber.run()
-        except BaseException as exc:
-            failure.append(exc)
-
-    with anyio.fail_after(20):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(run)
-            await wait_until(lambda: client.pubsub_numsub("profile_events")[0][1] > 0)
-            client.publish("profile_events", _bad(timestamp))
-            client.publish("profile_events", GOOD)
-            await wait_until(lambda: len(handled) == 1 or bool(failure), timeout=5)
-            assert failure == []
-            assert subscriber.get_stats()["invalid_events"] == 1
-            await subscriber.stop()
+    async with running(subscriber) as failure:
+        await wait_until(lambda: client.pubsub_numsub("profile_events")[0][1] > 0)
+        client.publish("profile_events", _bad(timestamp))
+        client.publish("profile_events", GOOD)
+        await wait_until(lambda: len(handled) == 1 or bool(failure), timeout=5)
+        assert failure == []
+        assert subscriber.get_stats()["invalid_events"] == 1
 
     client.close()
 
@@ -99,23 +109,12 @@ async def test_stream_subscriber_dead_letters_timestamp_overflow(
     client = own_redis_server.client()
     client.xadd(stream_key("profile_events"), {"data": _bad(LATE)})
     client.xadd(stream_key("profile_events"), {"data": GOOD})
-    failure: list[BaseException] = []
-
-    async def run() -> None:
-        try:
-            await subscriber.run()
-        except BaseException as exc:
-            failure.append(exc)
-
-    with anyio.fail_after(20):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(run)
-            await wait_until(lambda: len(handled) == 1 or bool(failure), timeout=5)
-            assert failure == []
-            await wait_until(
-                lambda: client.xlen(dead_letter_key("profile_events")) == 1, timeout=5
-            )
-            await subscriber.stop()
+    async with running(subscriber) as failure:
+        await wait_until(lambda: len(handled) == 1 or bool(failure), timeout=5)
+        assert failure == []
+        await wait_until(
+            lambda: client.xlen(dead_letter_key("profile_events")) == 1, timeout=5
+        )
 
     client.close()
 
@@ -154,25 +153,14 @@ async def test_ordering_key_raising_base_exception_rejects_event() -> None:
         handled.append(event["n"])
 
     subscriber.order_by("orders", key)
-    failure: list[BaseException] = []
-
-    async def run() -> None:
-        try:
-            await subscriber.run()
-        except BaseException as exc:
-            failure.append(exc)
-
-    with anyio.fail_after(20):
-        async with anyio.create_task_group() as tg, EventPublisher(url) as publisher:
-            tg.start_soon(run)
-            await anyio.sleep(0.3)
-            for n in range(3):
-                await publisher.publish("orders", {"n": n})
-            await wait_until(lambda: len(handled) == 2 or bool(failure), timeout=5)
-            assert failure == []
-            assert sorted(handled) == [0, 2]
-            assert subscriber.get_stats()["invalid_events"] == 1
-            await subscriber.stop()
+    async with running(subscriber) as failure, EventPublisher(url) as publisher:
+        await anyio.sleep(0.3)
+        for n in range(3):
+            await publisher.publish("orders", {"n": n})
+        await wait_until(lambda: len(handled) == 2 or bool(failure), timeout=5)
+        assert failure == []
+        assert sorted(handled) == [0, 2]
+        assert subscriber.get_stats()["invalid_events"] == 1
 
 
 class _Picky(Event):
@@ -220,12 +208,10 @@ async def test_a_stream_subscriber_dead_letters_what_a_user_validator_breaks_on(
     client = own_redis_server.client()
     client.xadd(stream_key("picky"), {"data": '{"code":"zz"}'})
     client.xadd(stream_key("picky"), {"data": '{"code":"b"}'})
-    with anyio.fail_after(20):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(subscriber.run)
-            await wait_until(lambda: handled == ["beta"], timeout=5)
-            await wait_until(lambda: client.xlen(dead_letter_key("picky")) == 1)
-            assert subscriber.get_stats()["invalid_events"] == 1
-            await subscriber.stop()
+    async with running(subscriber) as failure:
+        await wait_until(lambda: handled == ["beta"] or bool(failure), timeout=5)
+        assert failure == []
+        await wait_until(lambda: client.xlen(dead_letter_key("picky")) == 1)
+        assert subscriber.get_stats()["invalid_events"] == 1
 
     client.close()
