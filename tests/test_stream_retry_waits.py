@@ -49,11 +49,20 @@ class Calls:
         self.running = 0
         self.most = 0
 
-    def start(self) -> int:
+    async def make(self, *, sleep: float, fail_before: int) -> None:
+        """One call: record it, sleep, and fail while it is before ``fail_before``."""
+        call = len(self.counts)
         self.counts.append(current_delivery().delivery_count)
         self.running += 1
         self.most = max(self.most, self.running)
-        return len(self.counts) - 1
+        try:
+            # Longer than claim_min_idle: only the keep-alive keeps it ours.
+            await anyio.sleep(sleep)
+        finally:
+            self.running -= 1
+
+        if call < fail_before:
+            raise ValueError(f"fails before call {fail_before}")
 
 
 async def test_a_failing_entry_runs_once_per_delivery_and_its_dead_letter_keeps_it(
@@ -65,13 +74,7 @@ async def test_a_failing_entry_runs_once_per_delivery_and_its_dead_letter_keeps_
 
     @sub.on(topic)
     async def handler(topic: str, event: dict[str, Any]) -> None:
-        call = calls.start()
-        try:
-            # Longer than claim_min_idle: only the keep-alive keeps it ours.
-            await anyio.sleep(1.5 if call == 1 else 0)
-        finally:
-            calls.running -= 1
-        raise ValueError("this event can never be handled")
+        await calls.make(sleep=1.5, fail_before=99)
 
     dead = dead_letter_key(topic)
     async with sub, EventPublisher(redis_url, transport="stream") as pub:
@@ -101,13 +104,7 @@ async def test_an_entry_that_succeeds_on_its_last_retry_is_acked_not_dead_letter
 
     @sub.on(topic)
     async def handler(topic: str, event: dict[str, Any]) -> None:
-        call = calls.start()
-        try:
-            await anyio.sleep(1.5)
-        finally:
-            calls.running -= 1
-        if call < 2:
-            raise ValueError("fails until its third delivery")
+        await calls.make(sleep=1.5, fail_before=2)
 
     dead = dead_letter_key(topic)
     async with sub, EventPublisher(redis_url, transport="stream") as pub:
